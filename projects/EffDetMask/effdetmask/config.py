@@ -1,0 +1,189 @@
+"""Every configuration key of the project, with its default and a one-line meaning.
+
+This module is the only place defaults live. yaml files under ``configs/`` hold overrides (with
+``_BASE_`` inheritance) and the command line adds ``KEY VALUE`` pairs. Modules never read the config
+themselves: a ``from_config`` classmethod or a ``build_*`` function turns it into keyword arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+from fvcore.common.config import CfgNode as _FvcoreCfgNode
+
+__all__ = ["CfgNode", "get_cfg", "add_effdetmask_config", "setup_cfg", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that names an unknown key or gives a value of the wrong type."""
+
+
+class CfgNode(_FvcoreCfgNode):
+    """fvcore's CfgNode with errors that name the offending key and file."""
+
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
+        if not os.path.isfile(cfg_filename):
+            raise ConfigError(f"config file not found: {cfg_filename}")
+        try:
+            super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)
+        except KeyError as e:
+            raise ConfigError(f"{cfg_filename}: {e.args[0] if e.args else e}") from e
+        except ValueError as e:
+            raise ConfigError(f"{cfg_filename}: {e}") from e
+
+    def merge_from_list(self, cfg_list: Sequence[str]) -> None:
+        if len(cfg_list) % 2:
+            raise ConfigError(
+                f"overrides must be KEY VALUE pairs, got an odd number of items: {list(cfg_list)}"
+            )
+        try:
+            super().merge_from_list(list(cfg_list))
+        except KeyError as e:
+            raise ConfigError(f"command-line override: {e.args[0] if e.args else e}") from e
+        except ValueError as e:
+            raise ConfigError(f"command-line override: {e}") from e
+
+
+def _base_config() -> CfgNode:
+    _C = CfgNode()
+    _C.VERSION = 1
+
+    # ------------------------------------------------------------------ model
+    _C.MODEL = CfgNode()
+    _C.MODEL.META_ARCHITECTURE = "EffDetMask"  # META_ARCH_REGISTRY name: EffDetMask | MaskRCNNBaseline
+    _C.MODEL.DEVICE = "cpu"  # torch device for inference/eval ("cpu", "cuda", "cuda:1")
+    _C.MODEL.WEIGHTS = ""  # path of a checkpoint of this project (our own state dict) to load
+    _C.MODEL.NUM_CLASSES = 46  # apparel categories (Fashionpedia ids 0..45), background excluded
+    _C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB mean on the 0..255 scale (ImageNet)
+    _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]  # RGB std on the 0..255 scale (ImageNet)
+    _C.MODEL.FREEZE_BN = True  # freeze every BatchNorm (running stats AND affine), as in the paper
+    _C.MODEL.CHANNELS_LAST = False  # run convolutions in channels_last memory format
+    _C.MODEL.COMPILE = False  # wrap the dense part of the network in torch.compile (GPU)
+
+    return _C
+
+
+def add_effdetmask_config(cfg: CfgNode) -> None:
+    """Add the keys of the fused EfficientDet + Mask R-CNN model, data, solver and evaluation."""
+    _C = cfg
+
+    # -------------------------------------------------- backbone (timm EfficientNet + effdet BiFPN)
+    _C.MODEL.BACKBONE = CfgNode()
+    _C.MODEL.BACKBONE.NAME = "TimmBiFPNBackbone"  # BACKBONE_REGISTRY name
+    _C.MODEL.BACKBONE.TIMM_NAME = "efficientnet_b0"  # timm model (B0/B1/B2 for d0/d1/d2)
+    # "" = random init; "timm" = timm's ImageNet weights (needs the hub); else a local state-dict path
+    _C.MODEL.BACKBONE.PRETRAINED = ""
+    _C.MODEL.BACKBONE.OUT_INDICES = [2, 3, 4]  # timm feature indices: strides 8/16/32 = P3..P5
+    _C.MODEL.BIFPN = CfgNode()
+    _C.MODEL.BIFPN.CHANNELS = 64  # W_bifpn: 64 / 88 / 112 for d0 / d1 / d2
+    _C.MODEL.BIFPN.REPEATS = 3  # D_bifpn: 3 / 4 / 5 for d0 / d1 / d2
+    _C.MODEL.BIFPN.MIN_LEVEL = 3  # lowest pyramid level (3 = stride 8; 2 for the fine-mask variant)
+    _C.MODEL.BIFPN.MAX_LEVEL = 7  # highest pyramid level (BiFPN adds levels above the backbone's)
+
+    # ----------------------------------- EfficientDet class/box head = detector + proposal generator
+    _C.MODEL.EFFDET_HEAD = CfgNode()
+    _C.MODEL.EFFDET_HEAD.NAME = "EfficientDetProposalGenerator"  # PROPOSAL_GENERATOR_REGISTRY name
+    _C.MODEL.EFFDET_HEAD.REPEATS = 3  # D_class: conv layers in the class and box heads
+    _C.MODEL.EFFDET_HEAD.NUM_SCALES = 3  # anchor scales per level
+    _C.MODEL.EFFDET_HEAD.ASPECT_RATIOS = [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]  # anchor (w, h) ratios
+    _C.MODEL.EFFDET_HEAD.ANCHOR_SCALE = 4.0  # anchor size = ANCHOR_SCALE * stride
+    _C.MODEL.EFFDET_HEAD.FOCAL_ALPHA = 0.25  # focal loss alpha
+    _C.MODEL.EFFDET_HEAD.FOCAL_GAMMA = 1.5  # focal loss gamma
+    _C.MODEL.EFFDET_HEAD.HUBER_DELTA = 0.1  # Huber (smooth-L1) delta of the box loss
+    _C.MODEL.EFFDET_HEAD.BOX_LOSS_WEIGHT = 50.0  # weight of the box loss against the class loss
+    _C.MODEL.EFFDET_HEAD.PRIOR_PROB = 0.01  # focal prior: class bias = -log((1 - p) / p)
+    _C.MODEL.EFFDET_HEAD.PRE_NMS_TOPK = 5000  # top-k anchors decoded before NMS
+    _C.MODEL.EFFDET_HEAD.NMS_THRESH = 0.5  # per-class NMS IoU threshold
+    _C.MODEL.EFFDET_HEAD.MAX_DETECTIONS = 100  # detections kept per image after NMS
+    # "" = none; else a local effdet COCO checkpoint: backbone+BiFPN+box head kept, class head reset
+    _C.MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT = ""
+
+    # --------------------------------------------------------------------------- mask head
+    _C.MODEL.ROI_MASK_HEAD = CfgNode()
+    _C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"  # ROI_MASK_HEAD_REGISTRY name
+    _C.MODEL.ROI_MASK_HEAD.IN_LEVELS = [3, 4, 5, 6]  # pyramid levels RoIAlign pools from
+    _C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14  # RoIAlign output size
+    _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2  # RoIAlign sampling ratio
+    _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256  # width of the head's 3x3 convs (paper: 256)
+    _C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # number of 3x3 convs before the 2x deconv
+    _C.MODEL.ROI_MASK_HEAD.TRAIN_SCORE_THRESH = 0.3  # detections above this join the GT boxes as RoIs
+    _C.MODEL.ROI_MASK_HEAD.IOU_THRESH = 0.5  # RoI is positive when IoU with a GT box >= this
+    _C.MODEL.ROI_MASK_HEAD.BATCH_SIZE_PER_IMAGE = 64  # positive RoIs sampled per image for the loss
+    _C.MODEL.ROI_MASK_HEAD.LOSS_WEIGHT = 1.0  # weight of the mask BCE loss
+    _C.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD = 0.5  # probability above which a pasted pixel is "on"
+
+    # -------------------------------------------------------------------- input / mapper
+    _C.INPUT = CfgNode()
+    _C.INPUT.SIZE = 512  # fixed square model input; effdet anchors are built for exactly this size
+    _C.INPUT.FORMAT = "RGB"  # channel order the model expects
+    _C.INPUT.HFLIP_PROB = 0.5  # training horizontal flip probability
+    _C.INPUT.GRAYSCALE_PROB = 0.1  # training grayscale probability
+
+    # ---------------------------------------------------------------------------- datasets
+    _C.DATASETS = CfgNode()
+    _C.DATASETS.TRAIN = ("fashion_synth_train",)  # registered dataset names used for training
+    _C.DATASETS.TEST = ("fashion_synth_val",)  # registered dataset names used for evaluation
+    # Root of all datasets; "" = $EFFDETMASK_DATASETS, else ./datasets
+    _C.DATASETS.ROOT = ""
+    _C.DATASETS.TRAIN_CACHE = ""  # HDF5 cache built by datasets/build_cache.py ("" = read JPEG+JSON)
+    _C.DATASETS.SKIP_INVALID = False  # skip (and count) corrupt images/annotations instead of failing
+    _C.DATASETS.SYNTH = CfgNode()
+    _C.DATASETS.SYNTH.NUM_TRAIN = 200  # images of the generated training split
+    _C.DATASETS.SYNTH.NUM_VAL = 40  # images of the generated validation split
+    _C.DATASETS.SYNTH.IMAGE_SIZE = 384  # long side of generated images (short side varies)
+    _C.DATASETS.SYNTH.SEED = 0  # generator seed; same seed, same dataset
+
+    _C.DATALOADER = CfgNode()
+    _C.DATALOADER.NUM_WORKERS = 2  # DataLoader worker processes (0 = main process)
+
+    # ------------------------------------------------------------------------------ solver
+    _C.SOLVER = CfgNode()
+    _C.SOLVER.OPTIMIZER = "AdamW"  # AdamW | SGD
+    _C.SOLVER.BASE_LR = 0.01  # learning rate (paper: AdamW 0.01)
+    _C.SOLVER.WEIGHT_DECAY = 5e-4  # weight decay (paper text 5e-4; its code used 5e-5)
+    _C.SOLVER.MOMENTUM = 0.9  # SGD momentum
+    _C.SOLVER.IMS_PER_BATCH = 12  # images per step on each process
+    _C.SOLVER.ACCUMULATE_GRAD_BATCHES = 2  # gradient accumulation (paper: 12 x 2)
+    _C.SOLVER.CLIP_GRAD_NORM = 10.0  # clip the global gradient norm to this (0 = off)
+    _C.SOLVER.MAX_EPOCHS = 50  # training length in epochs (used when MAX_ITER <= 0)
+    _C.SOLVER.MAX_ITER = -1  # training length in optimiser steps (> 0 overrides MAX_EPOCHS)
+    _C.SOLVER.LR_SCHEDULER = "step"  # step | plateau | cosine
+    _C.SOLVER.STEP_SIZE = 10  # step: epochs between decays (paper d0: 10)
+    _C.SOLVER.GAMMA = 0.2  # step: decay factor (paper d0: 0.2)
+    _C.SOLVER.PLATEAU_FACTOR = 0.5  # plateau: decay factor (paper d1/d2: 0.5)
+    _C.SOLVER.PLATEAU_PATIENCE = 2  # plateau: evaluations without improvement before a decay
+    _C.SOLVER.PLATEAU_MONITOR = "train/loss_smooth"  # plateau: metric watched (or val/segm_AP)
+    _C.SOLVER.WARMUP_ITERS = 0  # linear warm-up steps
+    _C.SOLVER.WARMUP_FACTOR = 0.001  # warm-up starts at BASE_LR * this
+    _C.SOLVER.PRECISION = "32-true"  # Lightning precision: 32-true | bf16-mixed | 16-mixed
+    _C.SOLVER.CHECKPOINT_PERIOD = 500  # optimiser steps between periodic checkpoints
+
+    # --------------------------------------------------------------------------- test / eval
+    _C.TEST = CfgNode()
+    _C.TEST.SCORE_THRESH = 0.05  # detections below this score are dropped at inference
+    _C.TEST.DETECTIONS_PER_IMAGE = 100  # at most this many instances per image at inference
+    _C.TEST.EVAL_PERIOD = 0  # evaluate every N epochs during training (0 = only at the end)
+    _C.TEST.EVALUATOR_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
+    _C.TEST.IMS_PER_BATCH = 4  # inference batch size
+
+    _C.OUTPUT_DIR = "./output"  # run directory: config, logs, checkpoints, metrics, predictions
+    _C.SEED = 0  # global seed (< 0 = random)
+
+
+def get_cfg() -> CfgNode:
+    """Return a fresh copy of the project's default config."""
+    cfg = _base_config()
+    add_effdetmask_config(cfg)
+    return cfg
+
+
+def setup_cfg(config_file: str = "", opts: Iterable[str] = (), freeze: bool = True) -> CfgNode:
+    """Defaults, then ``config_file`` (with ``_BASE_``), then ``KEY VALUE`` overrides."""
+    cfg = get_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if freeze:
+        cfg.freeze()
+    return cfg
