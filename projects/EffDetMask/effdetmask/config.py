@@ -27,10 +27,8 @@ class CfgNode(_FvcoreCfgNode):
             raise ConfigError(f"config file not found: {cfg_filename}")
         try:
             super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)
-        except KeyError as e:
+        except (KeyError, ValueError, AssertionError) as e:
             raise ConfigError(f"{cfg_filename}: {e.args[0] if e.args else e}") from e
-        except ValueError as e:
-            raise ConfigError(f"{cfg_filename}: {e}") from e
 
     def merge_from_list(self, cfg_list: Sequence[str]) -> None:
         if len(cfg_list) % 2:
@@ -39,10 +37,9 @@ class CfgNode(_FvcoreCfgNode):
             )
         try:
             super().merge_from_list(list(cfg_list))
-        except KeyError as e:
+        # yacs reports an unknown key with an assertion, a wrong type with a ValueError
+        except (KeyError, ValueError, AssertionError) as e:
             raise ConfigError(f"command-line override: {e.args[0] if e.args else e}") from e
-        except ValueError as e:
-            raise ConfigError(f"command-line override: {e}") from e
 
 
 def _base_config() -> CfgNode:
