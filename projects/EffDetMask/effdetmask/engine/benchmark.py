@@ -1,0 +1,104 @@
+"""The ``--eval-only`` table: accuracy, size and speed of one model, like the paper's Tables 1-2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from typing import Dict, List
+
+import torch
+
+from ..data.build import build_test_loader
+from ..modeling import build_model
+from ..utils.model_summary import summarize_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["time_inference", "benchmark_row", "print_benchmark_table"]
+
+
+def _synchronize(device: torch.device) -> None:
+    # only CUDA work is asynchronous; calling cuda.synchronize on a CPU run would crash
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def time_inference(model: torch.nn.Module, batches: List[List[dict]], warmup: int = 2,
+                   device: torch.device = torch.device("cpu")) -> Dict[str, float]:
+    """Median seconds per image over ``batches`` after ``warmup`` untimed batches.
+
+    Args:
+        batches: mapper-output batches (lists of dicts), reused cyclically for the warm-up.
+    Returns:
+        ``{"s_per_img", "img_per_s", "batch_size", "timed_batches"}``.
+    """
+    model.eval()
+    for batch in batches[:warmup]:
+        model(batch)
+    _synchronize(device)
+    per_image = []
+    for batch in batches[warmup:] or batches:
+        start = time.perf_counter()
+        model(batch)
+        _synchronize(device)
+        per_image.append((time.perf_counter() - start) / len(batch))
+    median = statistics.median(per_image)
+    return {"s_per_img": median, "img_per_s": 1.0 / median, "batch_size": len(batches[0]),
+            "timed_batches": len(per_image)}
+
+
+def benchmark_row(cfg, results: Dict, max_batches: int = 12) -> Dict[str, object]:
+    """One row: AP of the evaluation ``results`` plus size, FLOPs and measured speed."""
+    model = build_model(cfg)
+    device = next(model.parameters()).device
+    summary = summarize_model(model, input_size=cfg.INPUT.SIZE)
+    loader = build_test_loader(cfg, cfg.DATASETS.TEST[0])
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) >= max_batches:
+            break
+    timing = time_inference(model, batches, device=device)
+    first = next(iter(results.values()), {}) if results else {}
+    return {
+        "model": os.path.splitext(os.path.basename(cfg.OUTPUT_DIR.rstrip("/")))[0] or "model",
+        "meta_arch": cfg.MODEL.META_ARCHITECTURE,
+        "box_AP": first.get("bbox", {}).get("AP"),
+        "mask_AP": first.get("segm", {}).get("AP"),
+        "params_M": summary["total_params"] / 1e6,
+        "checkpoint_MB": summary["checkpoint_bytes"] / 2**20,
+        "GFLOPs": summary["flops"] / 1e9 if summary.get("flops") else None,
+        "s_per_img": timing["s_per_img"],
+        "img_per_s": timing["img_per_s"],
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "batch_size": timing["batch_size"],
+        "precision": cfg.SOLVER.PRECISION,
+        "input_size": cfg.INPUT.SIZE,
+    }
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_benchmark_table(cfg, results: Dict) -> Dict[str, object]:
+    """Prints the benchmark table and writes it to ``OUTPUT_DIR/benchmark.json``."""
+    row = benchmark_row(cfg, results)
+    keys = list(row)
+    widths = [max(len(k), len(_fmt(row[k]))) for k in keys]
+    print(" | ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    print("-+-".join("-" * w for w in widths))
+    print(" | ".join(_fmt(row[k]).ljust(w) for k, w in zip(keys, widths)))
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    with open(os.path.join(cfg.OUTPUT_DIR, "benchmark.json"), "w") as f:
+        json.dump(row, f, indent=2)
+    return row

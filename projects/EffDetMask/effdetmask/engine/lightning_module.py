@@ -1,0 +1,140 @@
+"""The Lightning module: one training/evaluation step of any registered meta-architecture."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+
+from ..modeling import build_model
+from .solver import SolverSpec, apply_warmup, build_lr_scheduler, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EffDetMaskModule", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+class EffDetMaskModule(LightningModule):
+    """Wraps a model built from the config; its hooks are the trainer's only view of the model.
+
+    Args:
+        cfg: the frozen config (saved into checkpoints as a yaml string for reproducibility).
+        evaluator_factory: ``dataset_name -> evaluator`` used by the validation loop; one
+            evaluator per validation dataloader.
+        val_dataset_names: names of the validation datasets, in dataloader order.
+    """
+
+    def __init__(
+        self,
+        cfg,
+        evaluator_factory: Optional[Callable[[str], Any]] = None,
+        val_dataset_names: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__()
+        self.model = build_model(cfg, device="cpu")
+        self.solver = SolverSpec.from_config(cfg)
+        self.config_yaml = cfg.dump()
+        self.evaluator_factory = evaluator_factory
+        self.val_dataset_names = list(val_dataset_names or [])
+        self._evaluators: List[Any] = []
+        self.loss_ema: Optional[float] = None
+        self.last_eval_results: Dict[str, Dict[str, float]] = {}
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batched_inputs: List[dict]):
+        return self.model(batched_inputs)
+
+    def training_step(self, batch: List[dict], batch_idx: int) -> torch.Tensor:
+        losses = self.model(batch)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            raise NonFiniteLossError(
+                f"non-finite loss at optimiser step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}): {values}; the last good checkpoint is kept"
+            )
+        value = float(total.detach())
+        # A smoothed loss is what the plateau schedule watches when no validation runs each epoch.
+        self.loss_ema = value if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * value
+        batch_size = len(batch)
+        self.log("train/loss", value, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss_smooth", self.loss_ema, batch_size=batch_size, sync_dist=True)
+        for name, loss in losses.items():
+            self.log(f"train/{name}", float(loss.detach()), prog_bar=True, batch_size=batch_size)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
+        return total
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        apply_warmup(self.solver, optimizer, self.global_step)
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.solver, self.model)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        steps_per_epoch = math.ceil(
+            self.trainer.num_training_batches / max(1, self.trainer.accumulate_grad_batches)
+        ) if math.isfinite(self.trainer.num_training_batches) else max(1, total_steps // max_epochs)
+        scheduler = build_lr_scheduler(self.solver, optimizer, steps_per_epoch, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ---------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        if self.evaluator_factory is None:
+            raise RuntimeError("validation needs an evaluator_factory")
+        self._evaluators = [self.evaluator_factory(name) for name in self.val_dataset_names]
+        for evaluator in self._evaluators:
+            evaluator.reset()
+
+    def validation_step(self, batch: List[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
+        outputs = self.model(batch)
+        self._evaluators[dataloader_idx].process(batch, outputs)
+
+    def on_validation_epoch_end(self) -> None:
+        results: Dict[str, Dict[str, float]] = {}
+        for name, evaluator in zip(self.val_dataset_names, self._evaluators):
+            # evaluate() gathers across processes; every rank receives the same numbers
+            results[name] = evaluator.evaluate() or {}
+        self.last_eval_results = results
+        for name, per_task in results.items():
+            prefix = "val" if len(results) == 1 else f"val/{name}"
+            for task, metrics in per_task.items():
+                for metric in ("AP", "AP50", "AP75"):
+                    value = metrics.get(metric) if isinstance(metrics, dict) else None
+                    if value is not None and not math.isnan(value):
+                        self.log(f"{prefix}/{task}_{metric}", float(value), sync_dist=False)
+
+    # ------------------------------------------------------------ checkpointing
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["effdetmask"] = {
+            "config": self.config_yaml,
+            "loss_ema": self.loss_ema,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        state = checkpoint.get("effdetmask")
+        if not state:
+            return
+        self.loss_ema = state.get("loss_ema")
+        rng = state.get("rng")
+        if rng:
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,159 @@
+"""Builds the Lightning Trainer and runs training or evaluation from a config."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from ..data.build import build_test_loader, build_train_dataset
+from ..evaluation import COCOEvaluator
+from .callbacks import EvalResultsWriter, JSONLinesMetricsWriter
+from .defaults import LaunchSpec
+from .lightning_module import EffDetMaskModule
+from .resumable_data import ResumableDataLoader, ResumableSampler, SeededSamples
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_trainer", "build_module", "train", "evaluate", "checkpoint_dir", "FINAL_WEIGHTS"]
+
+FINAL_WEIGHTS = "model_final.pth"
+
+
+def checkpoint_dir(cfg) -> str:
+    return os.path.join(cfg.OUTPUT_DIR, "checkpoints")
+
+
+def _evaluator_factory(cfg):
+    def make(dataset_name: str) -> COCOEvaluator:
+        return COCOEvaluator(
+            dataset_name,
+            output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+            backend=cfg.TEST.EVALUATOR_BACKEND,
+        )
+
+    return make
+
+
+def build_module(cfg) -> EffDetMaskModule:
+    return EffDetMaskModule(cfg, _evaluator_factory(cfg), list(cfg.DATASETS.TEST))
+
+
+def build_train_loader(cfg, module: EffDetMaskModule) -> ResumableDataLoader:
+    """The resumable training loader: seeded shuffle, seeded augmentation, sharded per process."""
+    dataset = build_train_dataset(cfg)
+    seed = cfg.SEED if cfg.SEED >= 0 else 0
+
+    def progress():
+        trainer = module.trainer
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return ResumableDataLoader(
+        SeededSamples(dataset, seed),
+        ResumableSampler(len(dataset), seed=seed, shuffle=True),
+        batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        progress_fn=progress,
+        num_workers=workers,
+        persistent_workers=False,
+        collate_fn=_list_collate,
+        drop_last=False,
+    )
+
+
+def _list_collate(batch: List[dict]) -> List[dict]:
+    return batch
+
+
+def build_trainer(cfg, launch: LaunchSpec, *, max_epochs: int = -1, validate: bool = True) -> Trainer:
+    """A Trainer with the project's hooks: checkpoints, metrics, TensorBoard, progress bar."""
+    launch.export_environment()
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    periodic = ModelCheckpoint(
+        dirpath=checkpoint_dir(cfg), filename="step{step:07d}", auto_insert_metric_name=False,
+        every_n_train_steps=cfg.SOLVER.CHECKPOINT_PERIOD, save_top_k=-1, save_last=True,
+    )
+    callbacks = [periodic, JSONLinesMetricsWriter(cfg.OUTPUT_DIR), EvalResultsWriter(cfg.OUTPUT_DIR),
+                 LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=1)]
+    if validate:
+        callbacks.append(ModelCheckpoint(
+            dirpath=checkpoint_dir(cfg), filename="best", monitor="val/segm_AP", mode="max",
+            save_top_k=1, auto_insert_metric_name=False,
+        ))
+    eval_period = cfg.TEST.EVAL_PERIOD
+    max_iter = cfg.SOLVER.MAX_ITER
+    strategy = "ddp" if launch.world_size > 1 else "auto"
+    return Trainer(
+        accelerator=launch.accelerator,
+        devices=launch.devices,
+        num_nodes=launch.num_nodes,
+        strategy=strategy,
+        precision=cfg.SOLVER.PRECISION,
+        max_steps=max_iter if max_iter > 0 else -1,
+        max_epochs=max_epochs if max_epochs > 0 else (None if max_iter > 0 else cfg.SOLVER.MAX_EPOCHS),
+        accumulate_grad_batches=cfg.SOLVER.ACCUMULATE_GRAD_BATCHES,
+        gradient_clip_val=cfg.SOLVER.CLIP_GRAD_NORM or None,
+        gradient_clip_algorithm="norm",
+        # validation runs during fit only when TEST.EVAL_PERIOD > 0 (train() then passes loaders)
+        check_val_every_n_epoch=max(1, eval_period),
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", default_hp_metric=False),
+        default_root_dir=cfg.OUTPUT_DIR,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,  # ResumableSampler shards itself
+        enable_model_summary=False,
+        deterministic=False,
+    )
+
+
+def _test_loaders(cfg) -> List:
+    return [build_test_loader(cfg, name) for name in cfg.DATASETS.TEST]
+
+
+def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
+    """Train, save ``model_final.pth``, evaluate on DATASETS.TEST; returns the evaluation results."""
+    seed_everything(cfg.SEED if cfg.SEED >= 0 else None, workers=True)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, launch)
+    train_loader = build_train_loader(cfg, module)
+    val_loaders = _test_loaders(cfg) if cfg.TEST.EVAL_PERIOD > 0 else None
+    ckpt_path = None
+    last = os.path.join(checkpoint_dir(cfg), "last.ckpt")
+    if resume:
+        if os.path.isfile(last):
+            ckpt_path = last
+            logger.info("resuming from %s", last)
+        else:
+            logger.warning("--resume: no checkpoint at %s, starting from scratch", last)
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loaders,
+                ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        final = os.path.join(cfg.OUTPUT_DIR, FINAL_WEIGHTS)
+        torch.save(module.model.state_dict(), final)
+        logger.info("saved %s", final)
+    return run_evaluation(trainer, module, cfg)
+
+
+def run_evaluation(trainer: Trainer, module: EffDetMaskModule, cfg) -> Dict:
+    """Evaluates on every DATASETS.TEST entry through the trainer (gathers over processes)."""
+    module.model.eval()
+    trainer.validate(module, dataloaders=_test_loaders(cfg), verbose=False)
+    results = module.last_eval_results
+    for name, per_task in results.items():
+        for task, metrics in per_task.items():
+            ap = metrics.get("AP") if isinstance(metrics, dict) else None
+            logger.info("%s %s AP = %s", name, task, ap)
+    return results
+
+
+def evaluate(cfg, launch: LaunchSpec) -> Dict:
+    """``--eval-only``: load MODEL.WEIGHTS (done by build_model) and evaluate."""
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, launch, validate=True)
+    return run_evaluation(trainer, module, cfg)
