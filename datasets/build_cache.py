@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Convert a registered dataset into an HDF5 cache for one input size, or verify a cache.
+
+    python datasets/build_cache.py --dataset fashion_synth_train --size 512 --output train512.h5
+    python datasets/build_cache.py --output train512.h5 --verify        # check an existing file
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from effdetmask.data.build import get_detection_dataset_dicts
+from effdetmask.data.hdf5_cache import CacheError, build_cache, verify_cache
+
+logger = logging.getLogger("build_cache")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", help="registered dataset name(s), comma separated")
+    p.add_argument("--size", type=int, default=512, help="long side of cached images (INPUT.SIZE)")
+    p.add_argument("--output", required=True, help="cache file to write (or to verify)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoder processes")
+    p.add_argument("--verify", action="store_true", help="re-read and check every record")
+    p.add_argument("--skip-invalid", action="store_true", help="skip and count bad records")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.dataset:
+        dicts = get_detection_dataset_dicts(args.dataset.split(","), skip_invalid=args.skip_invalid)
+        t0 = time.perf_counter()
+        report = build_cache(dicts, args.output, args.size, dataset_name=args.dataset,
+                             workers=args.workers, skip_invalid=args.skip_invalid)
+        dt = time.perf_counter() - t0
+        report.log_summary(logger)
+        n = len(dicts) - report.total
+        logger.info("wrote %s: %d images, %.1f KB/image, %.1f images/s", args.output, n,
+                    os.path.getsize(args.output) / max(n, 1) / 1024, len(dicts) / dt)
+    elif not args.verify:
+        p.error("give --dataset to build, or --verify to check an existing --output")
+    if args.verify:
+        try:
+            problems = verify_cache(args.output)
+        except CacheError as e:
+            logger.error("%s", e)
+            return 2
+        for msg in problems[:50]:
+            logger.error("%s", msg)
+        if problems:
+            logger.error("verify: %d problem(s) in %s", len(problems), args.output)
+            return 1
+        logger.info("verify: %s is sound", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

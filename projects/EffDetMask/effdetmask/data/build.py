@@ -1,0 +1,152 @@
+"""Training and test data loaders: catalog (JPEG+JSON) or HDF5 cache -> mapper -> batches (lists).
+
+Per-sample failures inside DataLoader workers become a :class:`SampleError` that names the file or
+cache record; with ``DATASETS.SKIP_INVALID`` the sample is skipped (the next one is used instead)
+and counted in that process's :class:`SkipReport`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from effdetmask.data.builtin import register_all_from_cfg
+from effdetmask.data.catalog import DatasetCatalog
+from effdetmask.data.hdf5_cache import CachedDataset
+from effdetmask.data.mapper import DatasetMapper, trivial_batch_collator
+from effdetmask.data.validation import SkipReport
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "get_detection_dataset_dicts",
+    "MapDataset",
+    "SampleError",
+    "build_train_dataset",
+    "build_train_loader",
+    "build_test_loader",
+]
+
+_MAX_CONSECUTIVE_SKIPS = 100  # a dataset that is bad almost everywhere should fail, not spin
+
+
+class SampleError(RuntimeError):
+    """A sample that could not be read or mapped; the message names the file/record."""
+
+
+def get_detection_dataset_dicts(names: Union[str, Sequence[str]],
+                                skip_invalid: bool = False) -> List[Dict[str, Any]]:
+    """Concatenate the dataset dicts of registered datasets.
+
+    Args:
+        names: registered dataset name(s).
+        skip_invalid: drop dicts without the keys every consumer needs (instead of raising).
+    Returns:
+        dataset dicts (``docs/interfaces.md``), in catalog order.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("no dataset names given")
+    dicts: List[Dict[str, Any]] = []
+    report = SkipReport(",".join(names))
+    for name in names:
+        for d in DatasetCatalog.get(name):
+            missing = [k for k in ("file_name", "height", "width", "image_id") if k not in d]
+            if missing:
+                rec = d.get("file_name", d.get("image_id"))
+                msg = f"dataset {name!r}: record {rec} lacks {missing}"
+                if not skip_invalid:
+                    raise ValueError(msg)
+                report.add("malformed record", msg)
+                continue
+            dicts.append(d)
+    if report.total:
+        report.log_summary(logger)
+    if not dicts:
+        raise ValueError(f"datasets {names} hold no usable images")
+    return dicts
+
+
+class MapDataset(Dataset):
+    """``dataset[i]`` passed through ``mapper``, with errors that name the sample.
+
+    Args:
+        dataset: a list of dataset dicts or a :class:`CachedDataset`.
+        mapper: callable producing the model sample.
+        skip_invalid: on a bad sample, log, count and return the next good one instead of raising.
+    """
+
+    def __init__(self, dataset: Any, mapper: Callable[[Any], Dict[str, Any]],
+                 skip_invalid: bool = False) -> None:
+        self.dataset = dataset
+        self.mapper = mapper
+        self.skip_invalid = skip_invalid
+        self.report = SkipReport("samples")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _describe(self, i: int) -> str:
+        if isinstance(self.dataset, CachedDataset):
+            return f"{self.dataset.path}: record {i}"
+        item = self.dataset[i]
+        return f"{item.get('file_name', '?')} (image_id {item.get('image_id', '?')})"
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        for attempt in range(_MAX_CONSECUTIVE_SKIPS):
+            i = (index + attempt) % len(self.dataset)
+            try:
+                return self.mapper(self.dataset[i])
+            except Exception as e:  # any failure: name the sample and say what went wrong
+                msg = f"{self._describe(i)}: {type(e).__name__}: {e}"
+                if not self.skip_invalid:
+                    raise SampleError(f"cannot load sample {msg}") from e
+                self.report.add(type(e).__name__, msg)
+        raise SampleError(f"{_MAX_CONSECUTIVE_SKIPS} consecutive bad samples from index {index}; "
+                          f"{self.report.summary()}")
+
+
+def _source(cfg: Any, names: Sequence[str], use_cache: bool) -> Any:
+    if use_cache and cfg.DATASETS.TRAIN_CACHE:
+        ds = CachedDataset(cfg.DATASETS.TRAIN_CACHE)
+        if ds.size != cfg.INPUT.SIZE:
+            logger.warning("cache %s was built at size %d but INPUT.SIZE is %d: images and masks "
+                           "are resized again", ds.path, ds.size, cfg.INPUT.SIZE)
+        return ds
+    register_all_from_cfg(cfg)  # built-ins follow the config's root and synth parameters
+    return get_detection_dataset_dicts(names, skip_invalid=cfg.DATASETS.SKIP_INVALID)
+
+
+def build_train_dataset(cfg: Any) -> MapDataset:
+    """The mapped training set: ``DATASETS.TRAIN_CACHE`` when set, else ``DATASETS.TRAIN``."""
+    return MapDataset(_source(cfg, cfg.DATASETS.TRAIN, True), DatasetMapper.from_config(cfg, True),
+                      skip_invalid=cfg.DATASETS.SKIP_INVALID)
+
+
+def build_train_loader(cfg: Any) -> DataLoader:
+    """Shuffling (seeded by ``SEED``) training loader yielding lists of mapper outputs.
+
+    Batches hold ``SOLVER.IMS_PER_BATCH`` samples; ``DATALOADER.NUM_WORKERS`` processes, kept alive
+    between epochs.
+    """
+    dataset = build_train_dataset(cfg)
+    gen = torch.Generator()
+    gen.manual_seed(cfg.SEED if cfg.SEED >= 0 else torch.seed())
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(dataset, batch_size=cfg.SOLVER.IMS_PER_BATCH,
+                      sampler=RandomSampler(dataset, generator=gen), num_workers=workers,
+                      persistent_workers=workers > 0, collate_fn=trivial_batch_collator,
+                      generator=gen, drop_last=False)
+
+
+def build_test_loader(cfg: Any, dataset_name: str) -> DataLoader:
+    """In-order loader over one registered dataset (JPEG+JSON, no augmentation)."""
+    dataset = MapDataset(_source(cfg, [dataset_name], False), DatasetMapper.from_config(cfg, False),
+                         skip_invalid=cfg.DATASETS.SKIP_INVALID)
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH,
+                      sampler=SequentialSampler(dataset), num_workers=workers,
+                      persistent_workers=workers > 0, collate_fn=trivial_batch_collator)
