@@ -163,6 +163,7 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.TEST.EVAL_PERIOD = 0  # evaluate every N epochs during training (0 = only at the end)
     _C.TEST.EVALUATOR_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
     _C.TEST.IMS_PER_BATCH = 4  # inference batch size
+    _C.TEST.RETURN_RLE = False  # eval outputs COCO RLE masks ("masks_rle") instead of dense masks
 
     _C.OUTPUT_DIR = "./output"  # run directory: config, logs, checkpoints, metrics, predictions
     _C.SEED = 0  # global seed (< 0 = random)
