@@ -1,0 +1,50 @@
+"""Model parts, registered at the swap points of :mod:`effdetmask.modeling.registry`.
+
+Importing this package runs every registration, so ``build_model(cfg)`` can find any part by name.
+"""
+
+from .backbone import TimmBiFPNBackbone
+from .baseline import MaskRCNNBaseline
+from .build import build_model
+from .frozen_bn import freeze_batch_norm
+from .mask_head import (
+    MaskRCNNConvUpsampleHead,
+    mask_rcnn_loss,
+    mask_rcnn_targets,
+    paste_masks_in_image,
+    select_training_rois,
+)
+from .meta_arch import EffDetMask
+from .postprocess import detector_postprocess, select_detections
+from .proposal_generator import EfficientDetProposalGenerator, batched_detections
+from .registry import (
+    BACKBONE_REGISTRY,
+    META_ARCH_REGISTRY,
+    PROPOSAL_GENERATOR_REGISTRY,
+    ROI_MASK_HEAD_REGISTRY,
+)
+from .weights import load_checkpoint, load_effdet_checkpoint, load_weights
+
+__all__ = [
+    "BACKBONE_REGISTRY",
+    "META_ARCH_REGISTRY",
+    "PROPOSAL_GENERATOR_REGISTRY",
+    "ROI_MASK_HEAD_REGISTRY",
+    "TimmBiFPNBackbone",
+    "EfficientDetProposalGenerator",
+    "MaskRCNNConvUpsampleHead",
+    "EffDetMask",
+    "MaskRCNNBaseline",
+    "build_model",
+    "load_weights",
+    "load_checkpoint",
+    "load_effdet_checkpoint",
+    "freeze_batch_norm",
+    "batched_detections",
+    "select_training_rois",
+    "mask_rcnn_targets",
+    "mask_rcnn_loss",
+    "paste_masks_in_image",
+    "select_detections",
+    "detector_postprocess",
+]

@@ -1,0 +1,127 @@
+"""Backbone + feature pyramid: timm EfficientNet (``features_only``) followed by effdet's BiFPN."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Dict, List, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+from effdet.efficientdet import BiFpn
+
+from .effdet_utils import ShapeSpec, init_effdet_weights, make_effdet_config
+from .registry import BACKBONE_REGISTRY
+
+__all__ = ["TimmBiFPNBackbone", "create_timm_features"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_timm_features(
+    timm_name: str, out_indices: Sequence[int], pretrained: str = "", drop_path_rate: float = 0.0
+) -> nn.Module:
+    """timm feature extractor; ``pretrained`` is "" (random), "timm" (hub) or a local file path.
+
+    A local file is a state dict of the *classification* model (as ``timm.create_model(name)``
+    saves it); timm drops the classifier keys itself when it builds the features-only model.
+    """
+    kwargs = dict(features_only=True, out_indices=tuple(out_indices), drop_path_rate=drop_path_rate)
+    if not pretrained:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    if pretrained == "timm":
+        logger.info("loading timm ImageNet weights of %s from the hub", timm_name)
+        return timm.create_model(timm_name, pretrained=True, **kwargs)
+    if not os.path.isfile(pretrained):
+        raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAINED: no such file: {pretrained}")
+    logger.info("loading %s backbone weights from %s", timm_name, pretrained)
+    try:
+        return timm.create_model(
+            timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=pretrained), **kwargs
+        )
+    except RuntimeError as e:
+        raise RuntimeError(f"backbone weights {pretrained} do not fit {timm_name}: {e}") from e
+
+
+@BACKBONE_REGISTRY.register()
+class TimmBiFPNBackbone(nn.Module):
+    """EfficientNet features at strides ``2**min_level ..`` fused by a BiFPN into P_min..P_max.
+
+    ``forward(images: float [B, 3, S, S] normalised) -> {"p3": [B, C, S/8, S/8], ..., "p7": ...}``
+    with ``C = fpn_channels``. Levels above the backbone's last are made by the BiFPN's
+    down-sampling. ``S`` must be the ``image_size`` the module was built for (effdet's resampling
+    layers are sized for it) and divisible by ``2**max_level``.
+    """
+
+    def __init__(
+        self,
+        *,
+        timm_name: str = "efficientnet_b0",
+        out_indices: Sequence[int] = (2, 3, 4),
+        pretrained: str = "",
+        fpn_channels: int = 64,
+        fpn_repeats: int = 3,
+        min_level: int = 3,
+        max_level: int = 7,
+        image_size: int = 512,
+        drop_path_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if image_size % (2**max_level):
+            raise ValueError(
+                f"input size {image_size} must be divisible by 2**MAX_LEVEL = {2 ** max_level}"
+            )
+        self.body = create_timm_features(timm_name, out_indices, pretrained, drop_path_rate)
+        feature_info: List[dict] = self.body.feature_info.get_dicts(keys=["num_chs", "reduction"])
+        levels = [int(round(math.log2(f["reduction"]))) for f in feature_info]
+        expected = list(range(min_level, min_level + len(levels)))
+        if levels != expected or levels[-1] > max_level:
+            raise ValueError(
+                f"{timm_name} out_indices {list(out_indices)} give strides "
+                f"{[f['reduction'] for f in feature_info]} (levels {levels}); BIFPN.MIN_LEVEL "
+                f"{min_level}..MAX_LEVEL {max_level} needs consecutive levels starting at "
+                f"{min_level} (e.g. OUT_INDICES [2, 3, 4] for P3, [1, 2, 3, 4] for P2)"
+            )
+        self.min_level, self.max_level = min_level, max_level
+        self.image_size = image_size
+        self.fpn_channels = fpn_channels
+        config = make_effdet_config(
+            image_size=image_size,
+            num_classes=1,  # unused by the BiFPN
+            fpn_channels=fpn_channels,
+            fpn_cell_repeats=fpn_repeats,
+            min_level=min_level,
+            max_level=max_level,
+        )
+        # BiFpn appends to feature_info while building: give it its own copy
+        self.fpn = BiFpn(config, [dict(f) for f in feature_info])
+        init_effdet_weights(self.fpn, "fpn")
+        self._names = [f"p{lvl}" for lvl in range(min_level, max_level + 1)]
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        return dict(
+            timm_name=cfg.MODEL.BACKBONE.TIMM_NAME,
+            out_indices=tuple(cfg.MODEL.BACKBONE.OUT_INDICES),
+            pretrained=cfg.MODEL.BACKBONE.PRETRAINED,
+            fpn_channels=cfg.MODEL.BIFPN.CHANNELS,
+            fpn_repeats=cfg.MODEL.BIFPN.REPEATS,
+            min_level=cfg.MODEL.BIFPN.MIN_LEVEL,
+            max_level=cfg.MODEL.BIFPN.MAX_LEVEL,
+            image_size=cfg.INPUT.SIZE,
+        )
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        """Level name -> (channels, stride)."""
+        return {n: ShapeSpec(self.fpn_channels, 2 ** int(n[1:])) for n in self._names}
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"backbone built for {self.image_size}x{self.image_size} inputs, got "
+                f"{tuple(images.shape[-2:])} (INPUT.SIZE must match the mapper's output)"
+            )
+        feats = self.fpn(self.body(images))
+        return dict(zip(self._names, feats))

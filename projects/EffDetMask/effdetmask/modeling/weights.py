@@ -1,0 +1,113 @@
+"""Loading weights into a built model: our own checkpoints and effdet COCO checkpoints.
+
+Every error names the file and the offending keys. Keys that only exist on one side because of
+frozen BatchNorm (``num_batches_tracked``) are not errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from typing import Dict, List, Mapping
+
+import torch
+import torch.nn as nn
+
+from .effdet_utils import init_effdet_weights, set_prior_bias
+
+__all__ = ["load_weights", "load_checkpoint", "load_effdet_checkpoint", "read_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+# effdet's EfficientDet module names -> ours; class_net is dropped (reset to our classes)
+_EFFDET_PREFIXES = {
+    "backbone.": "backbone.body.",
+    "fpn.": "backbone.fpn.",
+    "box_net.": "proposal_generator.box_net.",
+}
+_IGNORED_SUFFIX = "num_batches_tracked"
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """State dict from a file: a plain state dict, a Lightning checkpoint (``state_dict`` with keys
+    prefixed ``model.``) or a ``{"model": state_dict}`` checkpoint."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Lightning checkpoints may pickle hyper-parameters; only our own files come here
+        logger.warning("%s holds non-tensor objects; loading it with full unpickling", path)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state dict or checkpoint, got {type(obj).__name__}")
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+        if any(k.startswith("model.") for k in obj):
+            obj = {k[len("model."):]: v for k, v in obj.items() if k.startswith("model.")}
+    elif "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _check_and_load(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
+                    expected: List[str], allow_unexpected: bool = False) -> None:
+    own = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(_IGNORED_SUFFIX)]
+    unexpected = [k for k in state if k not in own and not k.endswith(_IGNORED_SUFFIX)]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in state if k in own and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (first: {missing[:5]})")
+    if unexpected and not allow_unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[:5]})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (first: {shapes[:5]})")
+    if problems:
+        name = type(model).__name__
+        raise RuntimeError(f"cannot load {path} into {name}: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load one of our checkpoints (MODEL.WEIGHTS) strictly (up to ``num_batches_tracked``)."""
+    state = read_state_dict(path)
+    _check_and_load(model, state, path, expected=list(model.state_dict()))
+    logger.info("loaded %d tensors from %s", len(state), path)
+
+
+def load_effdet_checkpoint(model: nn.Module, path: str, prior_prob: float = 0.01) -> None:
+    """Load an effdet ``EfficientDet`` state dict (e.g. COCO d0) into an EffDetMask model.
+
+    The backbone, BiFPN and box head are kept; the class head is re-initialised for our classes
+    with the focal prior bias (as effdet's ``reset_head`` does); the mask head keeps its init.
+    """
+    raw = read_state_dict(path)
+    state = {}
+    for key, value in raw.items():
+        for src, dst in _EFFDET_PREFIXES.items():
+            if key.startswith(src):
+                state[dst + key[len(src):]] = value
+                break
+        else:
+            if not key.startswith("class_net."):
+                raise RuntimeError(f"cannot load {path}: {key!r} is not an effdet EfficientDet key")
+    own = model.state_dict()
+    expected = [k for k in own if k.startswith(tuple(_EFFDET_PREFIXES.values()))]
+    _check_and_load(model, state, path, expected=expected)
+    class_net = model.proposal_generator.class_net
+    init_effdet_weights(class_net, "class_net")
+    set_prior_bias(class_net, prior_prob)
+    logger.info("loaded effdet backbone, BiFPN and box head from %s; class head reset", path)
+
+
+def load_weights(model: nn.Module, cfg) -> nn.Module:
+    """Apply MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT (EffDetMask only), then MODEL.WEIGHTS."""
+    effdet_ckpt = cfg.MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT
+    if effdet_ckpt and cfg.MODEL.META_ARCHITECTURE == "EffDetMask":
+        load_effdet_checkpoint(model, effdet_ckpt, prior_prob=cfg.MODEL.EFFDET_HEAD.PRIOR_PROB)
+    if cfg.MODEL.WEIGHTS:
+        load_checkpoint(model, cfg.MODEL.WEIGHTS)
+    return model
