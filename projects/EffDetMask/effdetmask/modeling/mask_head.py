@@ -223,6 +223,9 @@ def _paste_region(masks: torch.Tensor, boxes: torch.Tensor, x0: int, y0: int, x1
     gy = (ys[None] - boxes[:, 1:2]) / bh * 2 - 1  # [K, h]
     k, h, w = boxes.shape[0], ys.numel(), xs.numel()
     grid = torch.stack([gx[:, None, :].expand(k, h, w), gy[:, :, None].expand(k, h, w)], dim=3)
-    vals = F.grid_sample(masks[:, None].float(), grid, align_corners=False)[:, 0]
+    # border padding: pixels inside the box but beyond the outer mask-cell centres take the edge
+    # value instead of fading towards zero; pixels outside the box are cut below
+    vals = F.grid_sample(masks[:, None].float(), grid, padding_mode="border", align_corners=False)
+    vals = vals[:, 0]
     inside = (gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]
     return vals * inside

@@ -1,0 +1,70 @@
+"""Fixtures for the model tests: tiny configs and fake mapper outputs built directly as tensors."""
+
+from typing import Dict, List, Sequence
+
+import pytest
+import torch
+
+import effdetmask.modeling  # noqa: F401  (effdet imported under effdetmask's warning filter)
+from effdetmask.config import setup_cfg
+
+SIZE = 128
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the machine is shared; one thread keeps the suite's footprint small and timings stable
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_inputs(
+    num_instances: Sequence[int],
+    size: int = SIZE,
+    height: int = 200,
+    width: int = 300,
+    seed: int = 0,
+) -> List[Dict]:
+    """Mapper outputs: a ``height x width`` image letterboxed into ``size``, rectangle masks."""
+    g = torch.Generator().manual_seed(seed)
+    scale = size / max(height, width)
+    out = []
+    for i, n in enumerate(num_instances):
+        masks = torch.zeros(n, size, size, dtype=torch.uint8)
+        boxes = []
+        for k in range(n):
+            x0, y0 = 8 + 17 * k, 6 + 11 * k
+            x1, y1 = x0 + 40 + 5 * k, y0 + 30 + 3 * k
+            masks[k, y0:y1, x0:x1] = 1
+            boxes.append([x0, y0, x1, y1])
+        out.append({
+            "image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g),
+            "image_id": i,
+            "file_name": f"img{i}.jpg",
+            "height": height,
+            "width": width,
+            "scale": scale,
+            "instances": {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "classes": (torch.arange(n) * 7) % 46,
+                "masks": masks,
+                "attributes": torch.zeros(n, 294),
+            },
+        })
+    return out
+
+
+def tiny_cfg(config_file: str = "", *opts: str):
+    return setup_cfg(config_file, ["INPUT.SIZE", str(SIZE), *opts])
+
+
+@pytest.fixture
+def inputs_factory():
+    return make_inputs
+
+
+@pytest.fixture
+def cfg_factory():
+    return tiny_cfg
