@@ -49,8 +49,22 @@ def dataset_root(cfg_root: str = "") -> str:
     return os.path.abspath(os.path.expanduser(root))
 
 
+_HOW_TO_PREPARE = "see datasets/README.md for where to get it and how to lay it out"
+
+
+def _require(path: str, dataset: str) -> None:
+    """A built-in dataset that is not on disk: say where it was looked for and how to get it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"dataset {dataset!r}: {path} does not exist; {_HOW_TO_PREPARE} (dataset root: "
+            f"DATASETS.ROOT, else ${ENV_VAR}, else ./datasets)"
+        )
+
+
 def _fashionpedia_loader(json_file: str, image_root: str, skip_invalid: bool) -> Callable:
     def load() -> List[Dict[str, Any]]:
+        _require(json_file, "fashionpedia")
+        _require(image_root, "fashionpedia")
         return load_fashionpedia_json(json_file, image_root, skip_invalid=skip_invalid)
 
     return load
@@ -60,6 +74,8 @@ def _imat_loader(root: str, skip_invalid: bool) -> Callable:
     base = os.path.join(root, "imaterialist2020")
 
     def load() -> List[Dict[str, Any]]:
+        for path in ("train.csv", "train", "label_descriptions.json"):
+            _require(os.path.join(base, path), "imaterialist2020")
         return load_imaterialist_csv(
             os.path.join(base, "train.csv"), os.path.join(base, "train"),
             label_json=os.path.join(base, "label_descriptions.json"), skip_invalid=skip_invalid,

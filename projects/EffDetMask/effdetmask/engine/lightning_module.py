@@ -19,6 +19,17 @@ logger = logging.getLogger(__name__)
 __all__ = ["EffDetMaskModule", "NonFiniteLossError"]
 
 
+def _numpy_rng_state() -> tuple:
+    # as plain types and a tensor, so checkpoints load with torch.load(weights_only=True)
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _set_numpy_rng_state(state: tuple) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
@@ -70,7 +81,6 @@ class EffDetMaskModule(LightningModule):
         self.log("train/loss_smooth", self.loss_ema, batch_size=batch_size, sync_dist=True)
         for name, loss in losses.items():
             self.log(f"train/{name}", float(loss.detach()), prog_bar=True, batch_size=batch_size)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         return total
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
@@ -120,7 +130,7 @@ class EffDetMaskModule(LightningModule):
             "loss_ema": self.loss_ema,
             "rng": {
                 "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
@@ -134,7 +144,7 @@ class EffDetMaskModule(LightningModule):
         rng = state.get("rng")
         if rng:
             random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
+            _set_numpy_rng_state(rng["numpy"])
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])

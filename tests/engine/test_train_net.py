@@ -1,0 +1,139 @@
+"""train_net.py end to end on the tiny d0 config: run directory, eval-only, resume, DDP, NaN stop."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs" / "quick_schedules" / "effdet_d0_tiny_test.yaml")
+TINY_BASELINE = str(REPO / "configs" / "quick_schedules" / "mask_rcnn_tiny_test.yaml")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("datasets"))
+
+
+def _cmd(config, out_dir, data_root, *extra):
+    return [sys.executable, str(REPO / "train_net.py"), "--config-file", config, *extra,
+            "OUTPUT_DIR", str(out_dir), "DATASETS.ROOT", data_root]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _run(cmd, timeout=300):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
+                          cwd=REPO)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def _state_dict(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_train_writes_the_run_directory_and_eval_only_benchmarks(tmp_path, data_root):
+    out = tmp_path / "run"
+    _run(_cmd(TINY, out, data_root))
+    for name in ["config.yaml", "env.txt", "metrics.jsonl", "model_final.pth", "eval_results.json",
+                 "checkpoints/last.ckpt", "checkpoints/step0000002.ckpt",
+                 "checkpoints/step0000004.ckpt"]:
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["phase"] == "train"]
+    assert train_steps == [1, 2, 3, 4]
+    assert all(r["train/loss"] > 0 for r in records if r["phase"] == "train")
+    results = json.loads((out / "eval_results.json").read_text())["results"]
+    assert set(results["fashion_synth_val"]) == {"bbox", "segm"}
+    assert (out / "inference" / "fashion_synth_val" / "coco_instances_results.json").exists()
+
+    eval_out = tmp_path / "eval"
+    proc = _run(_cmd(TINY, eval_out, data_root, "--eval-only") +
+                ["MODEL.WEIGHTS", str(out / "model_final.pth")])
+    row = json.loads((eval_out / "benchmark.json").read_text())
+    for key in ["box_AP", "mask_AP", "params_M", "checkpoint_MB", "GFLOPs", "s_per_img",
+                "img_per_s", "device", "batch_size", "precision"]:
+        assert key in row, key
+    assert row["img_per_s"] > 0 and row["params_M"] > 0
+    assert "img_per_s" in proc.stdout  # the table is printed
+
+
+def test_baseline_trains_through_the_same_engine(tmp_path, data_root):
+    out = tmp_path / "baseline"
+    _run(_cmd(TINY_BASELINE, out, data_root))
+    assert (out / "model_final.pth").exists()
+    assert "segm" in json.loads((out / "eval_results.json").read_text())["results"][
+        "fashion_synth_val"]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
+    steps = ["SOLVER.MAX_ITER", "24", "SOLVER.CHECKPOINT_PERIOD", "2"]
+    straight = tmp_path / "straight"
+    _run(_cmd(TINY, straight, data_root) + steps)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(TINY, killed, data_root) + steps, env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_ckpt = killed / "checkpoints" / "step0000004.ckpt"
+    deadline = time.monotonic() + 240
+    while not first_ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    was_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert was_running, "training ended before it could be killed; raise MAX_ITER"
+    assert not (killed / "model_final.pth").exists()
+
+    _run(_cmd(TINY, killed, data_root, "--resume") + steps)
+    a, b = _state_dict(straight / "model_final.pth"), _state_dict(killed / "model_final.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+             if r["phase"] == "train"]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    # the second process continued from a checkpoint (step >= 4), it did not start over
+    assert steps[restart] >= 5 and steps[-1] == 24
+
+
+def test_two_process_ddp_on_cpu(tmp_path, data_root):
+    out = tmp_path / "ddp"
+    _run(_cmd(TINY, out, data_root, "--num-gpus", "0", "--num-cpu-processes", "2",
+                     "--dist-url", "tcp://127.0.0.1:29517"))
+    assert (out / "model_final.pth").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["phase"] == "train"] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
+    out = tmp_path / "nan"
+    cmd = _cmd(TINY, out, data_root) + ["SOLVER.MAX_ITER", "6", "SOLVER.BASE_LR", "1e30",
+                                        "SOLVER.CLIP_GRAD_NORM", "0.0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
+    assert proc.returncode != 0
+    match = re.search(r"non-finite loss at optimiser step (\d+) .*loss_cls", proc.stderr)
+    assert match, proc.stderr[-3000:]
+    assert not (out / "model_final.pth").exists()
+    # checkpoints written before the failure are kept; none is written at or after it
+    saved = [int(p.stem[4:]) for p in (out / "checkpoints").glob("step*.ckpt")]
+    assert all(step <= int(match.group(1)) for step in saved)
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path, data_root):
+    cmd = _cmd(TINY, tmp_path / "x", data_root) + ["DATASETS.TRAIN", "('fashionpedia_train',)"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
+    assert proc.returncode != 0
+    assert "fashionpedia" in proc.stderr and "datasets/README.md" in proc.stderr
