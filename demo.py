@@ -21,20 +21,17 @@ import argparse
 import json
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-import cv2
-import numpy as np
 import torch
 
 from effdetmask.config import setup_cfg
 from effdetmask.data.fashionpedia import load_fashionpedia_json
-from effdetmask.data.mapper import annotation_to_mask, letterbox_size, resize_image
 from effdetmask.data.taxonomy import class_colors, class_names, fashionpedia_metadata
 from effdetmask.evaluation.coco_evaluator import instances_to_coco_json
 from effdetmask.predictor import BatchPredictor, load_images_rgb
-from effdetmask.structures.boxes import xywh_to_xyxy
-from effdetmask.vis import Visualizer, save_png
+from effdetmask.vis import Visualizer
+from effdetmask.vis_pages import write_instance_pngs
 
 logger = logging.getLogger("effdetmask.demo")
 
@@ -95,43 +92,6 @@ def load_ground_truth(json_files: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     return by_name
 
 
-def display_instances(boxes_xyxy: Any, classes: Any, scores: Optional[Any],
-                      segmentations: Sequence[Any], height: int, width: int, out_h: int,
-                      out_w: int) -> Dict[str, Any]:
-    """Instances of a ``height x width`` image redrawn at ``out_h x out_w`` for the Visualizer.
-
-    Args:
-        boxes_xyxy: ``[N, 4]`` xyxy original pixels; classes ``[N]``; scores ``[N]`` or None.
-        segmentations: N polygons or COCO RLE dicts at the original size; rasterised one at a
-            time at the display size, so a 5000-pixel photo never holds N full-size masks.
-    Returns:
-        ``boxes`` (display pixels), ``classes``, ``scores`` (if given), ``masks`` bool
-        ``[N, out_h, out_w]``.
-    """
-    sx, sy = out_w / width, out_h / height
-    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4)
-    masks = np.zeros((len(segmentations), out_h, out_w), bool)
-    for i, segm in enumerate(segmentations):
-        masks[i] = annotation_to_mask(segm, height, width, out_h, out_w).astype(bool)
-    out = {"boxes": boxes * boxes.new_tensor([sx, sy, sx, sy]),
-           "classes": torch.as_tensor(classes).reshape(-1), "masks": masks}
-    if scores is not None:
-        out["scores"] = scores
-    return out
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray, captions: Sequence[str]) -> np.ndarray:
-    """Two RGB images of equal height, each under a caption strip, with a white gap between."""
-    parts = []
-    for image, caption in zip((left, right), captions):
-        strip = np.full((28, image.shape[1], 3), 255, np.uint8)
-        cv2.putText(strip, caption, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-        parts.append(np.concatenate([strip, image], axis=0))
-    gap = np.full((parts[0].shape[0], 8, 3), 255, np.uint8)
-    return np.concatenate([parts[0], gap, parts[1]], axis=1)
-
-
 def _unique_stem(path: str, seen: Dict[str, int]) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     seen[stem] = seen.get(stem, 0) + 1
@@ -190,8 +150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             coco_results += [{**r, "category_id": to_dataset_id[r["category_id"]]}
                              for r in results]
             name = _unique_stem(path, seen)
-            written[name] = _draw(vis, os.path.join(args.output, name), image, inst, record,
-                                  args.max_size, args.panel, noise=not cfg.MODEL.WEIGHTS)
+            written[name] = write_instance_pngs(
+                vis, os.path.join(args.output, name), image, inst, record, args.max_size,
+                args.panel, noise=not cfg.MODEL.WEIGHTS)
             logger.info("%s: %d instances%s", path, len(results),
                         "" if record is None else f", {len(record['annotations'])} annotated")
     results_file = os.path.join(args.output, RESULTS_FILE)
@@ -201,38 +162,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logger.info("wrote %d detections of %d images to %s", len(coco_results), len(files),
                 results_file)
     return {"results_file": results_file, "images": written}
-
-
-def _draw(vis: Visualizer, prefix: str, image: np.ndarray, inst: Mapping[str, Any],
-          record: Optional[Mapping[str, Any]], max_size: int, panel: bool,
-          noise: bool) -> List[str]:
-    """Write the PNGs of one image; returns their paths. ``noise``: random weights (caption)."""
-    height, width = image.shape[:2]
-    out_h, out_w = height, width
-    if max_size > 0 and max(height, width) > max_size:
-        out_h, out_w, _ = letterbox_size(height, width, max_size)
-    small = resize_image(image, out_h, out_w)
-    pred = display_instances(inst["boxes"], inst["classes"], inst["scores"], inst["masks_rle"],
-                             height, width, out_h, out_w)
-    overlay = vis.draw_instances(small, pred)
-    paths = [f"{prefix}_overlay.png"]
-    save_png(paths[-1], overlay)
-    if panel:
-        paths.append(f"{prefix}_panel.png")
-        save_png(paths[-1], vis.draw_panel(small, pred))
-    if record is not None:
-        anns = record["annotations"]
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        truth = display_instances(xywh_to_xyxy(boxes), [a["category_id"] for a in anns], None,
-                                  [a["segmentation"] for a in anns], height, width, out_h, out_w)
-        captions = [f"ground truth ({len(anns)})", f"predictions ({len(inst['scores'])}"
-                    + (", random weights: noise)" if noise else ")")]
-        paths.append(f"{prefix}_gt.png")
-        save_png(paths[-1], side_by_side(vis.draw_instances(small, truth), overlay, captions))
-        if panel:
-            paths.append(f"{prefix}_gt_panel.png")
-            save_png(paths[-1], vis.draw_panel(small, truth))
-    return paths
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Train or evaluate an EffDetMask (or the Mask R-CNN baseline) model.
 
-    python train_net.py --config-file configs/effdet_d1.yaml [--resume] [--num-gpus N] [KEY VALUE ...]
-    python train_net.py --config-file configs/effdet_d1.yaml --eval-only MODEL.WEIGHTS model.pth
+python train_net.py --config-file configs/effdet_d1.yaml [--resume] [--num-gpus N] [KEY VALUE ...]
+python train_net.py --config-file configs/effdet_d1.yaml --eval-only MODEL.WEIGHTS model.pth
 """
 
 import logging

@@ -19,8 +19,9 @@ class RandomAug(torch.utils.data.Dataset):
 
 def _loader(progress):
     dataset = SeededSamples(RandomAug(), seed=3)
-    return ResumableDataLoader(dataset, ResumableSampler(10, seed=3), batch_size=3,
-                               progress_fn=progress, collate_fn=list)
+    return ResumableDataLoader(
+        dataset, ResumableSampler(10, seed=3), batch_size=3, progress_fn=progress, collate_fn=list
+    )
 
 
 def test_epochs_differ_and_repeat():

@@ -64,8 +64,15 @@ def test_cosine_reaches_zero():
 
 
 def test_plateau_reduces_on_stalled_metric_and_warms_up():
-    spec = _spec(LR_SCHEDULER="plateau", BASE_LR=1.0, PLATEAU_FACTOR=0.5, PLATEAU_PATIENCE=1,
-                 PLATEAU_MONITOR="val/segm_AP", WARMUP_ITERS=2, WARMUP_FACTOR=0.0)
+    spec = _spec(
+        LR_SCHEDULER="plateau",
+        BASE_LR=1.0,
+        PLATEAU_FACTOR=0.5,
+        PLATEAU_PATIENCE=1,
+        PLATEAU_MONITOR="val/segm_AP",
+        WARMUP_ITERS=2,
+        WARMUP_FACTOR=0.0,
+    )
     opt = build_optimizer(spec, _model())
     config = build_lr_scheduler(spec, opt, 5, 100)
     assert config["monitor"] == "val/segm_AP" and config["interval"] == "epoch"

@@ -1,4 +1,4 @@
-"""train_net.py end to end on the tiny d0 config: run directory, eval-only, resume, DDP, NaN stop."""
+"""train_net.py end to end on the tiny d0 config: run dir, eval-only, resume, DDP, NaN stop."""
 
 import json
 import os
@@ -23,8 +23,17 @@ def data_root(tmp_path_factory):
 
 
 def _cmd(config, out_dir, data_root, *extra):
-    return [sys.executable, str(REPO / "train_net.py"), "--config-file", config, *extra,
-            "OUTPUT_DIR", str(out_dir), "DATASETS.ROOT", data_root]
+    return [
+        sys.executable,
+        str(REPO / "train_net.py"),
+        "--config-file",
+        config,
+        *extra,
+        "OUTPUT_DIR",
+        str(out_dir),
+        "DATASETS.ROOT",
+        data_root,
+    ]
 
 
 def _env():
@@ -34,8 +43,9 @@ def _env():
 
 
 def _run(cmd, timeout=300):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
-                          cwd=REPO)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -47,9 +57,16 @@ def _state_dict(path):
 def test_train_writes_the_run_directory_and_eval_only_benchmarks(tmp_path, data_root):
     out = tmp_path / "run"
     _run(_cmd(TINY, out, data_root))
-    for name in ["config.yaml", "env.txt", "metrics.jsonl", "model_final.pth", "eval_results.json",
-                 "checkpoints/last.ckpt", "checkpoints/step0000002.ckpt",
-                 "checkpoints/step0000004.ckpt"]:
+    for name in [
+        "config.yaml",
+        "env.txt",
+        "metrics.jsonl",
+        "model_final.pth",
+        "eval_results.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/step0000002.ckpt",
+        "checkpoints/step0000004.ckpt",
+    ]:
         assert (out / name).exists(), name
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -59,13 +76,26 @@ def test_train_writes_the_run_directory_and_eval_only_benchmarks(tmp_path, data_
     results = json.loads((out / "eval_results.json").read_text())["results"]
     assert set(results["fashion_synth_val"]) == {"bbox", "segm"}
     assert (out / "inference" / "fashion_synth_val" / "coco_instances_results.json").exists()
+    assert len(list((out / "vis").glob("*_gt.png"))) == 4  # TEST.VIS_IMAGES
 
     eval_out = tmp_path / "eval"
-    proc = _run(_cmd(TINY, eval_out, data_root, "--eval-only") +
-                ["MODEL.WEIGHTS", str(out / "model_final.pth")])
+    proc = _run(
+        _cmd(TINY, eval_out, data_root, "--eval-only")
+        + ["MODEL.WEIGHTS", str(out / "model_final.pth")]
+    )
     row = json.loads((eval_out / "benchmark.json").read_text())
-    for key in ["box_AP", "mask_AP", "params_M", "checkpoint_MB", "GFLOPs", "s_per_img",
-                "img_per_s", "device", "batch_size", "precision"]:
+    for key in [
+        "box_AP",
+        "mask_AP",
+        "params_M",
+        "checkpoint_MB",
+        "GFLOPs",
+        "s_per_img",
+        "img_per_s",
+        "device",
+        "batch_size",
+        "precision",
+    ]:
         assert key in row, key
     assert row["img_per_s"] > 0 and row["params_M"] > 0
     assert "img_per_s" in proc.stdout  # the table is printed
@@ -75,8 +105,10 @@ def test_baseline_trains_through_the_same_engine(tmp_path, data_root):
     out = tmp_path / "baseline"
     _run(_cmd(TINY_BASELINE, out, data_root))
     assert (out / "model_final.pth").exists()
-    assert "segm" in json.loads((out / "eval_results.json").read_text())["results"][
-        "fashion_synth_val"]
+    assert (
+        "segm"
+        in json.loads((out / "eval_results.json").read_text())["results"]["fashion_synth_val"]
+    )
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
@@ -85,8 +117,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
     _run(_cmd(TINY, straight, data_root) + steps)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(TINY, killed, data_root) + steps, env=_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(TINY, killed, data_root) + steps,
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     first_ckpt = killed / "checkpoints" / "step0000004.ckpt"
     deadline = time.monotonic() + 240
     while not first_ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -102,8 +139,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
-             if r["phase"] == "train"]
+    steps = [
+        r["step"]
+        for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+        if r["phase"] == "train"
+    ]
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     # the second process continued from a checkpoint (step >= 4), it did not start over
     assert steps[restart] >= 5 and steps[-1] == 24
@@ -111,17 +151,36 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
 
 def test_two_process_ddp_on_cpu(tmp_path, data_root):
     out = tmp_path / "ddp"
-    _run(_cmd(TINY, out, data_root, "--num-gpus", "0", "--num-cpu-processes", "2",
-                     "--dist-url", "tcp://127.0.0.1:29517"))
+    _run(
+        _cmd(
+            TINY,
+            out,
+            data_root,
+            "--num-gpus",
+            "0",
+            "--num-cpu-processes",
+            "2",
+            "--dist-url",
+            "tcp://127.0.0.1:29517",
+        )
+    )
     assert (out / "model_final.pth").exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["phase"] == "train"] == [1, 2, 3, 4]
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    tmp_path, data_root
+):
     out = tmp_path / "nan"
-    cmd = _cmd(TINY, out, data_root) + ["SOLVER.MAX_ITER", "6", "SOLVER.BASE_LR", "1e30",
-                                        "SOLVER.CLIP_GRAD_NORM", "0.0"]
+    cmd = _cmd(TINY, out, data_root) + [
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.BASE_LR",
+        "1e30",
+        "SOLVER.CLIP_GRAD_NORM",
+        "0.0",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
     assert proc.returncode != 0
     match = re.search(r"non-finite loss at optimiser step (\d+) .*loss_cls", proc.stderr)

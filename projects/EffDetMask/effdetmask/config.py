@@ -56,7 +56,8 @@ def _base_config() -> CfgNode:
     _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]  # RGB std on the 0..255 scale (ImageNet)
     _C.MODEL.FREEZE_BN = True  # freeze every BatchNorm (running stats AND affine), as in the paper
     _C.MODEL.CHANNELS_LAST = False  # run convolutions in channels_last memory format
-    _C.MODEL.COMPILE = False  # wrap the dense part of the network in torch.compile (GPU)
+    _C.MODEL.COMPILE = False  # torch.compile the dense part (backbone+BiFPN+class/box heads)
+    _C.MODEL.CUDA_GRAPHS = False  # replay the dense part from a CUDA graph per input shape (GPU)
 
     return _C
 
@@ -163,7 +164,9 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.TEST.EVAL_PERIOD = 0  # evaluate every N epochs during training (0 = only at the end)
     _C.TEST.EVALUATOR_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
     _C.TEST.IMS_PER_BATCH = 4  # inference batch size
+    _C.TEST.VIS_IMAGES = 4  # after training, draw GT | predictions of this many test images
     _C.TEST.RETURN_RLE = False  # eval outputs COCO RLE masks ("masks_rle") instead of dense masks
+    _C.TEST.AMP_DTYPE = ""  # inference autocast: "" (fp32) | "bf16" | "fp16" (fp16: GPU only)
 
     _C.OUTPUT_DIR = "./output"  # run directory: config, logs, checkpoints, metrics, predictions
     _C.SEED = 0  # global seed (< 0 = random)

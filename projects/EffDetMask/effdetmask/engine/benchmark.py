@@ -27,8 +27,12 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def time_inference(model: torch.nn.Module, batches: List[List[dict]], warmup: int = 2,
-                   device: torch.device = torch.device("cpu")) -> Dict[str, float]:
+def time_inference(
+    model: torch.nn.Module,
+    batches: List[List[dict]],
+    warmup: int = 2,
+    device: torch.device = torch.device("cpu"),
+) -> Dict[str, float]:
     """Median seconds per image over ``batches`` after ``warmup`` untimed batches.
 
     Args:
@@ -47,8 +51,12 @@ def time_inference(model: torch.nn.Module, batches: List[List[dict]], warmup: in
         _synchronize(device)
         per_image.append((time.perf_counter() - start) / len(batch))
     median = statistics.median(per_image)
-    return {"s_per_img": median, "img_per_s": 1.0 / median, "batch_size": len(batches[0]),
-            "timed_batches": len(per_image)}
+    return {
+        "s_per_img": median,
+        "img_per_s": 1.0 / median,
+        "batch_size": len(batches[0]),
+        "timed_batches": len(per_image),
+    }
 
 
 def benchmark_row(cfg, results: Dict, max_batches: int = 12) -> Dict[str, object]:

@@ -22,7 +22,7 @@ def _to_float(value: Any) -> float:
 
 
 class JSONLinesMetricsWriter(Callback):
-    """Appends one JSON object per logging step to ``metrics.jsonl`` (step, epoch, time, metrics)."""
+    """Appends one JSON object per optimiser step to ``metrics.jsonl`` (step, epoch, metrics)."""
 
     def __init__(self, output_dir: str, every_n_steps: int = 1) -> None:
         self.path = os.path.join(output_dir, "metrics.jsonl")
@@ -30,8 +30,11 @@ class JSONLinesMetricsWriter(Callback):
         self._start = time.monotonic()
 
     def _write(self, trainer: Trainer, extra: Dict[str, Any]) -> None:
-        record = {"step": trainer.global_step, "epoch": trainer.current_epoch,
-                  "time_s": round(time.monotonic() - self._start, 3)}
+        record = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "time_s": round(time.monotonic() - self._start, 3),
+        }
         for key, value in trainer.callback_metrics.items():
             number = _to_float(value)
             record[key] = None if math.isnan(number) else number
@@ -63,7 +66,10 @@ class EvalResultsWriter(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         results = getattr(pl_module, "last_eval_results", None)
         if results and not trainer.sanity_checking:
-            payload = {"step": trainer.global_step, "epoch": trainer.current_epoch,
-                       "results": results}
+            payload = {
+                "step": trainer.global_step,
+                "epoch": trainer.current_epoch,
+                "results": results,
+            }
             with open(self.path, "w") as f:
                 json.dump(payload, f, indent=2, default=_to_float)

@@ -27,26 +27,45 @@ def default_argument_parser(description: str = "EffDetMask training and evaluati
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n"
         "  python train_net.py --config-file configs/effdet_d0.yaml\n"
-        "  python train_net.py --config-file configs/effdet_d1.yaml --num-gpus 4 SOLVER.BASE_LR 0.005\n"
+        "  python train_net.py --config-file configs/effdet_d1.yaml --num-gpus 4 "
+        "SOLVER.BASE_LR 0.005\n"
         "  python train_net.py --config-file configs/effdet_d0.yaml --eval-only "
         "MODEL.WEIGHTS output/effdet_d0/model_final.pth\n",
     )
     parser.add_argument("--config-file", default="", metavar="FILE", help="path to a yaml config")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/checkpoints/last.ckpt (step, optimiser, "
-                        "scheduler, sampler position and RNG)")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate MODEL.WEIGHTS on DATASETS.TEST and print the benchmark table")
-    parser.add_argument("--num-gpus", type=int, default=1 if torch.cuda.is_available() else 0,
-                        help="GPUs per machine (0 = CPU)")
-    parser.add_argument("--num-cpu-processes", type=int, default=1,
-                        help="with --num-gpus 0: CPU processes for DDP over gloo (tests, debugging)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/checkpoints/last.ckpt (step, optimiser, "
+        "scheduler, sampler position and RNG)",
+    )
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate MODEL.WEIGHTS on DATASETS.TEST and print the benchmark table",
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1 if torch.cuda.is_available() else 0,
+        help="GPUs per machine (0 = CPU)",
+    )
+    parser.add_argument(
+        "--num-cpu-processes",
+        type=int,
+        default=1,
+        help="with --num-gpus 0: CPU processes for DDP over gloo (tests, debugging)",
+    )
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine")
-    parser.add_argument("--dist-url", default="tcp://127.0.0.1:29500",
-                        help="tcp://HOST:PORT of the machine of rank 0")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides as KEY VALUE pairs")
+    parser.add_argument(
+        "--dist-url",
+        default="tcp://127.0.0.1:29500",
+        help="tcp://HOST:PORT of the machine of rank 0",
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs"
+    )
     return parser
 
 
@@ -64,11 +83,15 @@ class LaunchSpec:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "LaunchSpec":
         if args.num_gpus > 0 and not torch.cuda.is_available():
-            raise SystemExit(f"--num-gpus {args.num_gpus} but no CUDA device is available; "
-                             "use --num-gpus 0 for CPU")
+            raise SystemExit(
+                f"--num-gpus {args.num_gpus} but no CUDA device is available; "
+                "use --num-gpus 0 for CPU"
+            )
         if args.num_gpus > torch.cuda.device_count():
-            raise SystemExit(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} "
-                             "CUDA devices are visible")
+            raise SystemExit(
+                f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} "
+                "CUDA devices are visible"
+            )
         url = urlparse(args.dist_url)
         if url.scheme != "tcp" or not url.hostname or not url.port:
             raise SystemExit(f"--dist-url must look like tcp://HOST:PORT, got {args.dist_url!r}")
@@ -120,7 +143,8 @@ def default_setup(args: argparse.Namespace, is_global_zero: Optional[bool] = Non
     """Config from args; logging; the run directory with config.yaml and env.txt."""
     cfg = setup_cfg(args.config_file, args.opts)
     logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
+        level=logging.INFO,
+        format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
         datefmt="%H:%M:%S",
     )
     if is_global_zero is None:

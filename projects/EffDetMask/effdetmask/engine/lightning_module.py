@@ -70,7 +70,8 @@ class EffDetMaskModule(LightningModule):
         if not torch.isfinite(total):
             values = {k: float(v.detach()) for k, v in losses.items()}
             raise NonFiniteLossError(
-                f"non-finite loss at optimiser step {self.global_step} (epoch {self.current_epoch}, "
+                f"non-finite loss at optimiser step {self.global_step} "
+                f"(epoch {self.current_epoch}, "
                 f"batch {batch_idx}): {values}; the last good checkpoint is kept"
             )
         value = float(total.detach())
@@ -90,10 +91,18 @@ class EffDetMaskModule(LightningModule):
     def configure_optimizers(self):
         optimizer = build_optimizer(self.solver, self.model)
         total_steps = int(self.trainer.estimated_stepping_batches)
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        steps_per_epoch = math.ceil(
-            self.trainer.num_training_batches / max(1, self.trainer.accumulate_grad_batches)
-        ) if math.isfinite(self.trainer.num_training_batches) else max(1, total_steps // max_epochs)
+        max_epochs = (
+            self.trainer.max_epochs
+            if self.trainer.max_epochs and self.trainer.max_epochs > 0
+            else 1
+        )
+        steps_per_epoch = (
+            math.ceil(
+                self.trainer.num_training_batches / max(1, self.trainer.accumulate_grad_batches)
+            )
+            if math.isfinite(self.trainer.num_training_batches)
+            else max(1, total_steps // max_epochs)
+        )
         scheduler = build_lr_scheduler(self.solver, optimizer, steps_per_epoch, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 

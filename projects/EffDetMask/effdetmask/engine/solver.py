@@ -1,8 +1,9 @@
 """Optimiser and learning-rate schedule built from ``SOLVER.*``.
 
 Schedules are expressed per optimiser step so that warm-up, step decay (given in epochs, as in the
-paper) and cosine share one ``LambdaLR``. ReduceLROnPlateau cannot be a lambda (it reacts to a metric),
-so it runs per epoch and its warm-up is applied by :func:`apply_warmup` from the training loop.
+paper) and cosine share one ``LambdaLR``. ReduceLROnPlateau cannot be a lambda (it reacts to a
+metric), so it runs per epoch and its warm-up is applied by :func:`apply_warmup` from the training
+loop.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class SolverSpec:
         )
         if spec.optimizer not in _OPTIMIZERS:
             raise ValueError(
-                f"SOLVER.OPTIMIZER={s.OPTIMIZER!r} is not one of {sorted(_OPTIMIZERS)} (case-insensitive)"
+                f"SOLVER.OPTIMIZER={s.OPTIMIZER!r} is not one of {sorted(_OPTIMIZERS)} "
+                "(case-insensitive)"
             )
         if spec.scheduler not in _SCHEDULERS:
             raise ValueError(f"SOLVER.LR_SCHEDULER={s.LR_SCHEDULER!r} is not one of {_SCHEDULERS}")
@@ -102,11 +104,17 @@ def build_lr_scheduler(
     steps_per_epoch = max(1, steps_per_epoch)
     if spec.scheduler == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=_plateau_mode(spec.plateau_monitor), factor=spec.plateau_factor,
+            optimizer,
+            mode=_plateau_mode(spec.plateau_monitor),
+            factor=spec.plateau_factor,
             patience=spec.plateau_patience,
         )
-        return {"scheduler": scheduler, "interval": "epoch", "monitor": spec.plateau_monitor,
-                "strict": True}
+        return {
+            "scheduler": scheduler,
+            "interval": "epoch",
+            "monitor": spec.plateau_monitor,
+            "strict": True,
+        }
 
     def multiplier(step: int) -> float:
         if spec.scheduler == "step":

@@ -17,6 +17,7 @@ from .callbacks import EvalResultsWriter, JSONLinesMetricsWriter
 from .defaults import LaunchSpec
 from .lightning_module import EffDetMaskModule
 from .resumable_data import ResumableDataLoader, ResumableSampler, SeededSamples
+from .visualize import write_visualizations
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +71,38 @@ def _list_collate(batch: List[dict]) -> List[dict]:
     return batch
 
 
-def build_trainer(cfg, launch: LaunchSpec, *, max_epochs: int = -1, validate: bool = True) -> Trainer:
+def build_trainer(
+    cfg, launch: LaunchSpec, *, max_epochs: int = -1, validate: bool = True
+) -> Trainer:
     """A Trainer with the project's hooks: checkpoints, metrics, TensorBoard, progress bar."""
     launch.export_environment()
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     periodic = ModelCheckpoint(
-        dirpath=checkpoint_dir(cfg), filename="step{step:07d}", auto_insert_metric_name=False,
-        every_n_train_steps=cfg.SOLVER.CHECKPOINT_PERIOD, save_top_k=-1, save_last=True,
+        dirpath=checkpoint_dir(cfg),
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg.SOLVER.CHECKPOINT_PERIOD,
+        save_top_k=-1,
+        save_last=True,
     )
-    callbacks = [periodic, JSONLinesMetricsWriter(cfg.OUTPUT_DIR), EvalResultsWriter(cfg.OUTPUT_DIR),
-                 LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=1)]
+    callbacks = [
+        periodic,
+        JSONLinesMetricsWriter(cfg.OUTPUT_DIR),
+        EvalResultsWriter(cfg.OUTPUT_DIR),
+        LearningRateMonitor(logging_interval="step"),
+        TQDMProgressBar(refresh_rate=1),
+    ]
     if validate:
-        callbacks.append(ModelCheckpoint(
-            dirpath=checkpoint_dir(cfg), filename="best", monitor="val/segm_AP", mode="max",
-            save_top_k=1, auto_insert_metric_name=False,
-        ))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir(cfg),
+                filename="best",
+                monitor="val/segm_AP",
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+            )
+        )
     eval_period = cfg.TEST.EVAL_PERIOD
     max_iter = cfg.SOLVER.MAX_ITER
     strategy = "ddp" if launch.world_size > 1 else "auto"
@@ -95,7 +113,9 @@ def build_trainer(cfg, launch: LaunchSpec, *, max_epochs: int = -1, validate: bo
         strategy=strategy,
         precision=cfg.SOLVER.PRECISION,
         max_steps=max_iter if max_iter > 0 else -1,
-        max_epochs=max_epochs if max_epochs > 0 else (None if max_iter > 0 else cfg.SOLVER.MAX_EPOCHS),
+        max_epochs=(
+            max_epochs if max_epochs > 0 else (None if max_iter > 0 else cfg.SOLVER.MAX_EPOCHS)
+        ),
         accumulate_grad_batches=cfg.SOLVER.ACCUMULATE_GRAD_BATCHES,
         gradient_clip_val=cfg.SOLVER.CLIP_GRAD_NORM or None,
         gradient_clip_algorithm="norm",
@@ -117,7 +137,7 @@ def _test_loaders(cfg) -> List:
 
 
 def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
-    """Train, save ``model_final.pth``, evaluate on DATASETS.TEST; returns the evaluation results."""
+    """Train, save ``model_final.pth``, evaluate on DATASETS.TEST; returns the eval results."""
     seed_everything(cfg.SEED if cfg.SEED >= 0 else None, workers=True)
     module = build_module(cfg)
     trainer = build_trainer(cfg, launch)
@@ -131,13 +151,24 @@ def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
             logger.info("resuming from %s", last)
         else:
             logger.warning("--resume: no checkpoint at %s, starting from scratch", last)
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loaders,
-                ckpt_path=ckpt_path)
+    trainer.fit(
+        module, train_dataloaders=train_loader, val_dataloaders=val_loaders, ckpt_path=ckpt_path
+    )
     if trainer.is_global_zero:
         final = os.path.join(cfg.OUTPUT_DIR, FINAL_WEIGHTS)
         torch.save(module.model.state_dict(), final)
         logger.info("saved %s", final)
-    return run_evaluation(trainer, module, cfg)
+    results = run_evaluation(trainer, module, cfg)
+    if trainer.is_global_zero and cfg.TEST.VIS_IMAGES > 0:
+        write_visualizations(
+            module.model,
+            cfg.DATASETS.TEST[0],
+            os.path.join(cfg.OUTPUT_DIR, "vis"),
+            image_size=cfg.INPUT.SIZE,
+            num_images=cfg.TEST.VIS_IMAGES,
+            batch_size=cfg.TEST.IMS_PER_BATCH,
+        )
+    return results
 
 
 def run_evaluation(trainer: Trainer, module: EffDetMaskModule, cfg) -> Dict:
