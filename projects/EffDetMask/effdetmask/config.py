@@ -146,6 +146,7 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.SOLVER.CLIP_GRAD_NORM = 10.0  # clip the global gradient norm to this (0 = off)
     _C.SOLVER.MAX_EPOCHS = 50  # training length in epochs (used when MAX_ITER <= 0)
     _C.SOLVER.MAX_ITER = -1  # training length in optimiser steps (> 0 overrides MAX_EPOCHS)
+    _C.SOLVER.MAX_TIME_S = 0  # stop training after this many wall-clock seconds (0 = no limit)
     _C.SOLVER.LR_SCHEDULER = "step"  # step | plateau | cosine
     _C.SOLVER.STEP_SIZE = 10  # step: epochs between decays (paper d0: 10)
     _C.SOLVER.GAMMA = 0.2  # step: decay factor (paper d0: 0.2)

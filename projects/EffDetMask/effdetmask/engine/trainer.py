@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Dict, List
 
 import torch
@@ -113,6 +114,7 @@ def build_trainer(
         strategy=strategy,
         precision=cfg.SOLVER.PRECISION,
         max_steps=max_iter if max_iter > 0 else -1,
+        max_time=timedelta(seconds=cfg.SOLVER.MAX_TIME_S) if cfg.SOLVER.MAX_TIME_S > 0 else None,
         max_epochs=(
             max_epochs if max_epochs > 0 else (None if max_iter > 0 else cfg.SOLVER.MAX_EPOCHS)
         ),
