@@ -5,58 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
-import time
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
 from ..data.build import build_test_loader
 from ..modeling import build_model
 from ..utils.model_summary import summarize_model
+from ..utils.timing import time_inference
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["time_inference", "benchmark_row", "print_benchmark_table"]
-
-
-def _synchronize(device: torch.device) -> None:
-    # only CUDA work is asynchronous; calling cuda.synchronize on a CPU run would crash
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
-def time_inference(
-    model: torch.nn.Module,
-    batches: List[List[dict]],
-    warmup: int = 2,
-    device: torch.device = torch.device("cpu"),
-) -> Dict[str, float]:
-    """Median seconds per image over ``batches`` after ``warmup`` untimed batches.
-
-    Args:
-        batches: mapper-output batches (lists of dicts), reused cyclically for the warm-up.
-    Returns:
-        ``{"s_per_img", "img_per_s", "batch_size", "timed_batches"}``.
-    """
-    model.eval()
-    for batch in batches[:warmup]:
-        model(batch)
-    _synchronize(device)
-    per_image = []
-    for batch in batches[warmup:] or batches:
-        start = time.perf_counter()
-        model(batch)
-        _synchronize(device)
-        per_image.append((time.perf_counter() - start) / len(batch))
-    median = statistics.median(per_image)
-    return {
-        "s_per_img": median,
-        "img_per_s": 1.0 / median,
-        "batch_size": len(batches[0]),
-        "timed_batches": len(per_image),
-    }
 
 
 def benchmark_row(cfg, results: Dict, max_batches: int = 12) -> Dict[str, object]:

@@ -15,8 +15,13 @@ from .mask_head import (
     select_training_rois,
 )
 from .meta_arch import EffDetMask
-from .postprocess import detector_postprocess, select_detections
-from .proposal_generator import EfficientDetProposalGenerator, batched_detections
+from .paste import paste_masks_in_images
+from .postprocess import detector_postprocess, finalize_instances, select_detections, select_padded
+from .proposal_generator import (
+    EfficientDetProposalGenerator,
+    batched_detections,
+    padded_detections,
+)
 from .registry import (
     BACKBONE_REGISTRY,
     META_ARCH_REGISTRY,
@@ -47,4 +52,8 @@ __all__ = [
     "paste_masks_in_image",
     "select_detections",
     "detector_postprocess",
+    "finalize_instances",
+    "select_padded",
+    "padded_detections",
+    "paste_masks_in_images",
 ]

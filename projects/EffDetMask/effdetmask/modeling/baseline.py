@@ -11,7 +11,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from ..structures.boxes import classes_to_torchvision, torchvision_to_classes
 from .meta_arch import normalize_images, targets_from_inputs
-from .postprocess import detector_postprocess, select_detections
+from .postprocess import finalize_instances, select_detections
 from .registry import META_ARCH_REGISTRY
 
 __all__ = ["MaskRCNNBaseline"]
@@ -35,7 +35,7 @@ class MaskRCNNBaseline(nn.Module):
     EffDetMask, normalised the same way; torchvision's ``GeneralizedRCNNTransform`` is bypassed
     (our mapper already letterboxes to ``S x S``, so it must not resize again) and its
     ``min_size = max_size = S`` only matters if ``self.net`` is called directly. Outputs go through
-    the same :func:`detector_postprocess` (original coordinates, masks pasted at original
+    the same :func:`finalize_instances` (original coordinates, masks pasted at original
     resolution or RLE).
     """
 
@@ -104,18 +104,22 @@ class MaskRCNNBaseline(nn.Module):
                                  self.return_rle if return_rle is None else return_rle)
 
     def _postprocess(self, batched_inputs, detections, return_rle: bool) -> List[Dict[str, Any]]:
-        results = []
+        picked = []
         for x, det in zip(batched_inputs, detections):
-            scale, height, width = float(x["scale"]), int(x["height"]), int(x["width"])
             classes = torchvision_to_classes(det["labels"])
             idx = select_detections(
-                det["boxes"], det["scores"], classes, scale=scale, height=height, width=width,
+                det["boxes"], det["scores"], classes, scale=float(x["scale"]),
+                height=int(x["height"]), width=int(x["width"]),
                 score_thresh=self.score_thresh, max_detections=self.detections_per_image,
             )
-            instances = detector_postprocess(
-                det["boxes"][idx], det["scores"][idx], classes[idx], det["masks"][idx, 0],
-                scale=scale, height=height, width=width, mask_threshold=self.mask_threshold,
-                return_rle=return_rle,
-            )
-            results.append({"instances": instances})
-        return results
+            picked.append((det["boxes"][idx], det["scores"][idx], classes[idx],
+                           det["masks"][idx, 0]))
+        boxes, scores, classes, probs = (torch.cat(t) for t in zip(*picked))
+        instances = finalize_instances(
+            boxes, scores, classes, probs, counts=[len(p[1]) for p in picked],
+            scales=[float(x["scale"]) for x in batched_inputs],
+            heights=[int(x["height"]) for x in batched_inputs],
+            widths=[int(x["width"]) for x in batched_inputs],
+            mask_threshold=self.mask_threshold, return_rle=return_rle,
+        )
+        return [{"instances": inst} for inst in instances]

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .frozen_bn import freeze_batch_norm
+from .inference import apply_inference_options
 from .registry import META_ARCH_REGISTRY
 from .weights import load_weights
 
@@ -18,8 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(cfg, device: Optional[Union[str, torch.device]] = None) -> nn.Module:
-    """Build ``MODEL.META_ARCHITECTURE``, freeze BN (MODEL.FREEZE_BN), load weights, set the memory
-    format (MODEL.CHANNELS_LAST) and move it to ``device`` (default MODEL.DEVICE).
+    """Build ``MODEL.META_ARCHITECTURE``, freeze BN (MODEL.FREEZE_BN), load weights, move it to
+    ``device`` (default MODEL.DEVICE) and apply the inference switches (MODEL.CHANNELS_LAST,
+    MODEL.COMPILE, MODEL.CUDA_GRAPHS; see :mod:`.inference`).
 
     BN is frozen before loading so frozen checkpoints (no ``num_batches_tracked``) load cleanly.
     The model is returned in train mode, like a freshly built ``nn.Module``.
@@ -29,9 +31,9 @@ def build_model(cfg, device: Optional[Union[str, torch.device]] = None) -> nn.Mo
     if cfg.MODEL.FREEZE_BN:
         model = freeze_batch_norm(model)
     load_weights(model, cfg)
-    if cfg.MODEL.CHANNELS_LAST:
-        model = model.to(memory_format=torch.channels_last)
     model = model.to(device if device is not None else cfg.MODEL.DEVICE)
+    model = apply_inference_options(model, channels_last=cfg.MODEL.CHANNELS_LAST,
+                                    compile=cfg.MODEL.COMPILE, cuda_graphs=cfg.MODEL.CUDA_GRAPHS)
     logger.info("built %s: %.2fM parameters", cfg.MODEL.META_ARCHITECTURE,
                 sum(p.numel() for p in model.parameters()) / 1e6)
     return model

@@ -12,10 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.detection._utils import Matcher
-from torchvision.ops import MultiScaleRoIAlign, box_iou, roi_align
+from torchvision.ops import box_iou, roi_align
 
 from .effdet_utils import ShapeSpec
+from .paste import paste_masks_in_image
 from .registry import ROI_MASK_HEAD_REGISTRY
+from .roi_pool import MultiLevelRoIAlign
 
 __all__ = [
     "MaskRCNNConvUpsampleHead",
@@ -24,10 +26,6 @@ __all__ = [
     "mask_rcnn_loss",
     "paste_masks_in_image",
 ]
-
-# On GPU, paste this many mask pixels at once; on CPU one mask at a time over its own box is
-# fastest.
-_PASTE_GPU_MEMORY_PIXELS = 1 << 28
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -61,9 +59,9 @@ class MaskRCNNConvUpsampleHead(nn.Module):
             )
         # torchvision's pooler maps a box to level floor(4 + log2(sqrt(area) / 224)), clamped to the
         # given levels: the canonical FPN assignment of the Mask R-CNN paper
-        self.pooler = MultiScaleRoIAlign(
-            featmap_names=self.in_features, output_size=pooler_resolution,
-            sampling_ratio=sampling_ratio,
+        self.pooler = MultiLevelRoIAlign(
+            strides=[input_shape[n].stride for n in self.in_features],
+            output_size=pooler_resolution, sampling_ratio=sampling_ratio,
         )
         self.image_size = image_size
         in_ch = input_shape[self.in_features[0]].channels
@@ -102,14 +100,30 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         boxes_xyxy: List[torch.Tensor],
         classes: List[torch.Tensor],
     ) -> torch.Tensor:
-        feats = {n: features[n] for n in self.in_features}
-        sizes = [(self.image_size, self.image_size)] * len(boxes_xyxy)
-        dtype = feats[self.in_features[0]].dtype
-        x = self.pooler(feats, [b.to(dtype) for b in boxes_xyxy], sizes)
+        dtype = features[self.in_features[0]].dtype
+        boxes = [b.to(dtype) for b in boxes_xyxy]
+        ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
+        rois = torch.cat([torch.cat(ids), torch.cat(boxes)], dim=1) if boxes else None
+        if rois is None:
+            rois = features[self.in_features[0]].new_zeros(0, 5)
+        cls = torch.cat(classes) if classes else rois.new_zeros(0, dtype=torch.long)
+        return self.forward_rois(features, rois, cls)
+
+    def forward_rois(
+        self, features: Dict[str, torch.Tensor], rois: torch.Tensor, classes: torch.Tensor
+    ) -> torch.Tensor:
+        """``rois``: ``float [K, 5]`` (image index, x0, y0, x1, y1 input pixels); ``classes``
+        ``int64 [K]``. Returns the ``[K, 2R, 2R]`` logits of each RoI's class.
+
+        The 1x1 predictor is evaluated for the one class each RoI needs instead of all of them
+        (same values; ~2% of the head's FLOPs saved at 46 classes).
+        """
+        x = self.pooler([features[n] for n in self.in_features], rois)
         x = F.relu(self.deconv(self.convs(x)))
-        logits = self.predictor(x)
-        cls = torch.cat(classes) if classes else logits.new_zeros(0, dtype=torch.long)
-        return logits[torch.arange(logits.shape[0], device=logits.device), cls]
+        weight = self.predictor.weight[:, :, 0, 0][classes]  # [K, C]
+        return torch.einsum("kchw,kc->khw", x, weight.to(x.dtype)) + self.predictor.bias[
+            classes
+        ].to(x.dtype)[:, None, None]
 
 
 def select_training_rois(
@@ -177,55 +191,3 @@ def mask_rcnn_loss(mask_logits: torch.Tensor, mask_targets: torch.Tensor) -> tor
     if mask_logits.numel() == 0:
         return mask_logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(mask_logits.float(), mask_targets)
-
-
-def paste_masks_in_image(
-    mask_probs: torch.Tensor, boxes_xyxy: torch.Tensor, height: int, width: int,
-    threshold: float = 0.5,
-) -> torch.Tensor:
-    """Paste ``[N, R, R]`` mask probabilities into ``bool [N, height, width]`` images.
-
-    Each mask is resampled (bilinear, ``grid_sample``) onto the pixels of its box ``boxes_xyxy``
-    (``float [N, 4]`` in the *output* image's pixels) and thresholded. Only pixels whose centre lies
-    inside the box can be on: the mask says nothing about the image outside its box. On GPU masks
-    are pasted in chunks over the chunk's union box; on CPU one at a time over its own box, which
-    does the least work (detectron2's strategy).
-    """
-    n = mask_probs.shape[0]
-    out = torch.zeros(n, height, width, dtype=torch.bool, device=mask_probs.device)
-    if n == 0 or height == 0 or width == 0:
-        return out
-    boxes = boxes_xyxy.float()
-    if mask_probs.device.type == "cpu":
-        chunk = 1
-    else:
-        chunk = max(1, min(n, _PASTE_GPU_MEMORY_PIXELS // (height * width)))
-    for idx in torch.arange(n, device=boxes.device).split(chunk):
-        b = boxes[idx]
-        x0 = int(b[:, 0].min().floor().clamp(min=0))
-        y0 = int(b[:, 1].min().floor().clamp(min=0))
-        x1 = int(b[:, 2].max().ceil().clamp(max=width))
-        y1 = int(b[:, 3].max().ceil().clamp(max=height))
-        if x1 <= x0 or y1 <= y0:
-            continue
-        out[idx, y0:y1, x0:x1] = _paste_region(mask_probs[idx], b, x0, y0, x1, y1) >= threshold
-    return out
-
-
-def _paste_region(masks: torch.Tensor, boxes: torch.Tensor, x0: int, y0: int, x1: int, y1: int
-                  ) -> torch.Tensor:
-    """Values of ``masks [K, R, R]`` at the pixel centres of ``[y0:y1, x0:x1]``: ``[K, h, w]``."""
-    ys = torch.arange(y0, y1, device=boxes.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(x0, x1, device=boxes.device, dtype=torch.float32) + 0.5
-    bw = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-6)[:, None]
-    bh = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-6)[:, None]
-    gx = (xs[None] - boxes[:, 0:1]) / bw * 2 - 1  # [K, w] in grid_sample's [-1, 1] box frame
-    gy = (ys[None] - boxes[:, 1:2]) / bh * 2 - 1  # [K, h]
-    k, h, w = boxes.shape[0], ys.numel(), xs.numel()
-    grid = torch.stack([gx[:, None, :].expand(k, h, w), gy[:, :, None].expand(k, h, w)], dim=3)
-    # border padding: pixels inside the box but beyond the outer mask-cell centres take the edge
-    # value instead of fading towards zero; pixels outside the box are cut below
-    vals = F.grid_sample(masks[:, None].float(), grid, padding_mode="border", align_corners=False)
-    vals = vals[:, 0]
-    inside = (gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]
-    return vals * inside

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from .inference import inference_context
 from .mask_head import mask_rcnn_loss, mask_rcnn_targets, select_training_rois
-from .postprocess import detector_postprocess, select_detections
+from .postprocess import finalize_instances, image_meta, select_padded
 from .registry import (
     BACKBONE_REGISTRY,
     META_ARCH_REGISTRY,
@@ -54,7 +55,8 @@ class EffDetMask(nn.Module):
 
     ``forward(batched_inputs, return_rle=None)`` takes a list of mapper outputs
     (``docs/interfaces.md``). Training: ``{"loss_cls", "loss_box", "loss_mask"}`` scalars (already
-    weighted). Eval: per image ``{"instances": {...}}`` from :func:`detector_postprocess`.
+    weighted). Eval: per image ``{"instances": {...}}`` from :func:`finalize_instances`; the
+    batch goes through padded detections and one mask-head call, no per-image loop.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class EffDetMask(nn.Module):
         score_thresh: float = 0.05,
         detections_per_image: int = 100,
         return_rle: bool = False,
+        amp_dtype: str = "",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -87,6 +90,9 @@ class EffDetMask(nn.Module):
         self.score_thresh = score_thresh
         self.detections_per_image = detections_per_image
         self.return_rle = return_rle
+        self.amp_dtype = amp_dtype
+        # set by inference.apply_inference_options: a compiled / CUDA-graphed dense_forward
+        self.dense_impl: Optional[Callable] = None
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -110,19 +116,43 @@ class EffDetMask(nn.Module):
             score_thresh=cfg.TEST.SCORE_THRESH,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             return_rle=cfg.TEST.RETURN_RLE,
+            amp_dtype=cfg.TEST.AMP_DTYPE,
         )
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def dense_forward(self, images: torch.Tensor):
+        """The static-shape part (what ``torch.compile`` / CUDA graphs / ONNX capture):
+        normalised ``float [B, 3, S, S]`` -> (features dict, class logits, box codes per level)."""
+        features = self.backbone(images)
+        cls_outputs, box_outputs = self.proposal_generator.head_outputs(features)
+        return features, cls_outputs, box_outputs
+
     def forward(self, batched_inputs: List[Dict[str, Any]], return_rle: Optional[bool] = None):
         images = normalize_images(batched_inputs, self.pixel_mean, self.pixel_std)
-        features = self.backbone(images)
         if self.training:
-            return self._losses(batched_inputs, features)
-        return self._inference(batched_inputs, features,
-                               self.return_rle if return_rle is None else return_rle)
+            return self._losses(batched_inputs, self.backbone(images))
+        with inference_context(self.device, self.amp_dtype):
+            features, cls_outputs, box_outputs = (self.dense_impl or self.dense_forward)(images)
+            detections = self.proposal_generator.detect(cls_outputs, box_outputs)
+            scales, heights, widths = image_meta(batched_inputs, self.device)
+            keep = select_padded(detections, scales, heights, widths,
+                                 score_thresh=self.score_thresh,
+                                 max_detections=self.detections_per_image)
+            kept = {k: v[keep] for k, v in detections.items()}
+            image_idx = keep.nonzero()[:, :1].to(kept["boxes"].dtype)
+            logits = self.mask_head.forward_rois(
+                features, torch.cat([image_idx, kept["boxes"]], dim=1), kept["classes"])
+        instances = finalize_instances(
+            kept["boxes"], kept["scores"], kept["classes"], logits.float().sigmoid(),
+            counts=keep.sum(1).tolist(), scales=[float(x["scale"]) for x in batched_inputs],
+            heights=[int(x["height"]) for x in batched_inputs],
+            widths=[int(x["width"]) for x in batched_inputs], mask_threshold=self.mask_threshold,
+            return_rle=self.return_rle if return_rle is None else return_rle,
+        )
+        return [{"instances": inst} for inst in instances]
 
     def _losses(self, batched_inputs, features) -> Dict[str, torch.Tensor]:
         targets = targets_from_inputs(batched_inputs, self.device)
@@ -134,23 +164,3 @@ class EffDetMask(nn.Module):
                                          logits.shape[-1])
         losses["loss_mask"] = self.mask_loss_weight * mask_rcnn_loss(logits, mask_targets)
         return losses
-
-    def _inference(self, batched_inputs, features, return_rle: bool) -> List[Dict[str, Any]]:
-        detections, _ = self.proposal_generator(features)
-        kept = []
-        for x, det in zip(batched_inputs, detections):
-            idx = select_detections(
-                det["boxes"], det["scores"], det["classes"], scale=float(x["scale"]),
-                height=int(x["height"]), width=int(x["width"]), score_thresh=self.score_thresh,
-                max_detections=self.detections_per_image,
-            )
-            kept.append({k: v[idx] for k, v in det.items()})
-        logits = self.mask_head(features, [k["boxes"] for k in kept], [k["classes"] for k in kept])
-        probs = logits.sigmoid().split([len(k["scores"]) for k in kept])
-        return [
-            {"instances": detector_postprocess(
-                k["boxes"], k["scores"], k["classes"], p, scale=float(x["scale"]),
-                height=int(x["height"]), width=int(x["width"]),
-                mask_threshold=self.mask_threshold, return_rle=return_rle)}
-            for x, k, p in zip(batched_inputs, kept, probs)
-        ]

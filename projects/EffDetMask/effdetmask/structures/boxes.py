@@ -104,3 +104,19 @@ def clip_xyxy(boxes_xyxy: torch.Tensor, height: int, width: int) -> torch.Tensor
     out[..., 0::2] = out[..., 0::2].clamp(0, width)
     out[..., 1::2] = out[..., 1::2].clamp(0, height)
     return out
+
+
+def input_to_original_batched(
+    boxes_xyxy: torch.Tensor, scales: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor
+) -> torch.Tensor:
+    """:func:`input_to_original` for a padded batch, without host syncs (traceable).
+
+    Args:
+        boxes_xyxy: ``float [B, N, 4]`` letterboxed input pixels.
+        scales / heights / widths: ``float [B]`` per image.
+    Returns:
+        ``float [B, N, 4]`` original pixels, clipped to each image.
+    """
+    boxes = boxes_xyxy / scales[:, None, None]
+    upper = torch.stack([widths, heights, widths, heights], dim=1)[:, None, :].to(boxes.dtype)
+    return torch.minimum(boxes.clamp(min=0), upper)

@@ -27,6 +27,7 @@ __all__ = [
     "polygons_to_rle",
     "coco_rle_decode",
     "coco_rle_encode",
+    "coco_rle_encode_batch",
     "validate_coco_rle",
     "kaggle_rle_decode",
     "kaggle_rle_encode",
@@ -164,6 +165,15 @@ def coco_rle_encode(mask: np.ndarray) -> RLE:
     if mask.ndim != 2:
         raise MaskFormatError(f"mask must be 2-D [H, W], got shape {mask.shape}")
     return _to_str_counts(mask_util.encode(np.asfortranarray(mask != 0, dtype=np.uint8)))
+
+
+def coco_rle_encode_batch(masks: np.ndarray) -> List[RLE]:
+    """``[N, H, W]`` binary masks -> N compressed COCO RLEs in one ``pycocotools`` call."""
+    if masks.ndim != 3:
+        raise MaskFormatError(f"masks must be [N, H, W], got shape {masks.shape}")
+    # pycocotools wants [H, W, N] in Fortran order, which is exactly [N, W, H] in C order
+    fortran = np.ascontiguousarray((masks != 0).transpose(0, 2, 1), dtype=np.uint8).T
+    return [_to_str_counts(r) for r in mask_util.encode(fortran)] if len(masks) else []
 
 
 def _kaggle_runs(encoded: str, height: int, width: int) -> np.ndarray:
