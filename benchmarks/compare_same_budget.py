@@ -4,7 +4,8 @@
 Both runs use the same generated dataset, input size, batch size, mapper and evaluator; only the
 meta-architecture (and each model's own optimiser recipe) differs. Prints a table and writes JSON.
 
-    python benchmarks/compare_same_budget.py --seconds 600 --output benchmarks/results/same_budget_cpu.json
+    python benchmarks/compare_same_budget.py --seconds 600 \
+            --output benchmarks/results/same_budget_cpu.json
     python benchmarks/compare_same_budget.py --seconds 300 --num-gpus 1 SOLVER.PRECISION bf16-mixed
 """
 

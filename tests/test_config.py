@@ -12,8 +12,8 @@ ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 def test_configs_exist():
     names = {p.name for p in ALL_CONFIGS}
-    for expected in ["effdet_d0.yaml", "effdet_d1.yaml", "effdet_d2.yaml", "mask_rcnn_R_50_FPN.yaml"]:
-        assert expected in names
+    expected = ["effdet_d0.yaml", "effdet_d1.yaml", "effdet_d2.yaml", "mask_rcnn_R_50_FPN.yaml"]
+    assert set(expected) <= names
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
@@ -24,14 +24,16 @@ def test_every_config_loads(path):
 
 
 def test_compound_scaling():
-    widths = [setup_cfg(str(CONFIG_DIR / f"effdet_d{i}.yaml")).MODEL.BIFPN.CHANNELS for i in range(3)]
-    repeats = [setup_cfg(str(CONFIG_DIR / f"effdet_d{i}.yaml")).MODEL.BIFPN.REPEATS for i in range(3)]
+    cfgs = [setup_cfg(str(CONFIG_DIR / f"effdet_d{i}.yaml")) for i in range(3)]
+    widths = [cfg.MODEL.BIFPN.CHANNELS for cfg in cfgs]
+    repeats = [cfg.MODEL.BIFPN.REPEATS for cfg in cfgs]
     assert widths == [64, 88, 112]
     assert repeats == [3, 4, 5]
 
 
 def test_overrides_apply():
-    cfg = setup_cfg(str(CONFIG_DIR / "effdet_d0.yaml"), ["SOLVER.BASE_LR", "0.5", "INPUT.SIZE", "256"])
+    overrides = ["SOLVER.BASE_LR", "0.5", "INPUT.SIZE", "256"]
+    cfg = setup_cfg(str(CONFIG_DIR / "effdet_d0.yaml"), overrides)
     assert cfg.SOLVER.BASE_LR == 0.5
     assert cfg.INPUT.SIZE == 256
 

@@ -48,7 +48,8 @@ def _base_config() -> CfgNode:
 
     # ------------------------------------------------------------------ model
     _C.MODEL = CfgNode()
-    _C.MODEL.META_ARCHITECTURE = "EffDetMask"  # META_ARCH_REGISTRY name: EffDetMask | MaskRCNNBaseline
+    # META_ARCH_REGISTRY name: EffDetMask | MaskRCNNBaseline
+    _C.MODEL.META_ARCHITECTURE = "EffDetMask"
     _C.MODEL.DEVICE = "cpu"  # torch device for inference/eval ("cpu", "cuda", "cuda:1")
     _C.MODEL.WEIGHTS = ""  # path of a checkpoint of this project (our own state dict) to load
     _C.MODEL.NUM_CLASSES = 46  # apparel categories (Fashionpedia ids 0..45), background excluded
@@ -70,7 +71,8 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.MODEL.BACKBONE = CfgNode()
     _C.MODEL.BACKBONE.NAME = "TimmBiFPNBackbone"  # BACKBONE_REGISTRY name
     _C.MODEL.BACKBONE.TIMM_NAME = "efficientnet_b0"  # timm model (B0/B1/B2 for d0/d1/d2)
-    # "" = random init; "timm" = timm's ImageNet weights (needs the hub); else a local state-dict path
+    # "" = random init; "timm" = timm's ImageNet weights (needs the hub);
+    # anything else = a local state-dict path
     _C.MODEL.BACKBONE.PRETRAINED = ""
     _C.MODEL.BACKBONE.OUT_INDICES = [2, 3, 4]  # timm feature indices: strides 8/16/32 = P3..P5
     _C.MODEL.BIFPN = CfgNode()
@@ -79,12 +81,13 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.MODEL.BIFPN.MIN_LEVEL = 3  # lowest pyramid level (3 = stride 8; 2 for the fine-mask variant)
     _C.MODEL.BIFPN.MAX_LEVEL = 7  # highest pyramid level (BiFPN adds levels above the backbone's)
 
-    # ----------------------------------- EfficientDet class/box head = detector + proposal generator
+    # ------------------------- EfficientDet class/box head = detector + proposal generator
     _C.MODEL.EFFDET_HEAD = CfgNode()
     _C.MODEL.EFFDET_HEAD.NAME = "EfficientDetProposalGenerator"  # PROPOSAL_GENERATOR_REGISTRY name
     _C.MODEL.EFFDET_HEAD.REPEATS = 3  # D_class: conv layers in the class and box heads
     _C.MODEL.EFFDET_HEAD.NUM_SCALES = 3  # anchor scales per level
-    _C.MODEL.EFFDET_HEAD.ASPECT_RATIOS = [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]  # anchor (w, h) ratios
+    # anchor (w, h) ratios
+    _C.MODEL.EFFDET_HEAD.ASPECT_RATIOS = [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]
     _C.MODEL.EFFDET_HEAD.ANCHOR_SCALE = 4.0  # anchor size = ANCHOR_SCALE * stride
     _C.MODEL.EFFDET_HEAD.FOCAL_ALPHA = 0.25  # focal loss alpha
     _C.MODEL.EFFDET_HEAD.FOCAL_GAMMA = 1.5  # focal loss gamma
@@ -105,7 +108,8 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2  # RoIAlign sampling ratio
     _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256  # width of the head's 3x3 convs (paper: 256)
     _C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # number of 3x3 convs before the 2x deconv
-    _C.MODEL.ROI_MASK_HEAD.TRAIN_SCORE_THRESH = 0.3  # detections above this join the GT boxes as RoIs
+    # detections above this join the GT boxes as RoIs
+    _C.MODEL.ROI_MASK_HEAD.TRAIN_SCORE_THRESH = 0.3
     _C.MODEL.ROI_MASK_HEAD.IOU_THRESH = 0.5  # RoI is positive when IoU with a GT box >= this
     _C.MODEL.ROI_MASK_HEAD.BATCH_SIZE_PER_IMAGE = 64  # positive RoIs sampled per image for the loss
     _C.MODEL.ROI_MASK_HEAD.LOSS_WEIGHT = 1.0  # weight of the mask BCE loss
@@ -124,8 +128,10 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.DATASETS.TEST = ("fashion_synth_val",)  # registered dataset names used for evaluation
     # Root of all datasets; "" = $EFFDETMASK_DATASETS, else ./datasets
     _C.DATASETS.ROOT = ""
-    _C.DATASETS.TRAIN_CACHE = ""  # HDF5 cache built by datasets/build_cache.py ("" = read JPEG+JSON)
-    _C.DATASETS.SKIP_INVALID = False  # skip (and count) corrupt images/annotations instead of failing
+    # HDF5 cache built by datasets/build_cache.py ("" = read JPEG+JSON)
+    _C.DATASETS.TRAIN_CACHE = ""
+    # skip (and count) corrupt images/annotations instead of failing
+    _C.DATASETS.SKIP_INVALID = False
     _C.DATASETS.SYNTH = CfgNode()
     _C.DATASETS.SYNTH.NUM_TRAIN = 200  # images of the generated training split
     _C.DATASETS.SYNTH.NUM_VAL = 40  # images of the generated validation split

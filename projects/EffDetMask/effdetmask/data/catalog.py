@@ -31,9 +31,8 @@ class _DatasetCatalog:
         try:
             loader = self._loaders[name]
         except KeyError:
-            raise KeyError(
-                f"dataset {name!r} is not registered; registered: {', '.join(self.list()) or 'none'}"
-            ) from None
+            known = ", ".join(self.list()) or "none"
+            raise KeyError(f"dataset {name!r} is not registered; registered: {known}") from None
         dicts = loader()
         if not dicts:
             raise ValueError(f"dataset {name!r} is empty: its loader returned no images")

@@ -1,7 +1,7 @@
 """Registries at the model's swap points. A config names the registered class to build.
 
-Every registered class exposes ``from_config(cfg, **extra) -> dict`` of constructor keyword arguments
-(or is a function taking ``cfg``); it is the only code that reads the config.
+Every registered class exposes ``from_config(cfg, **extra) -> dict`` of constructor keyword
+arguments (or is a function taking ``cfg``); it is the only code that reads the config.
 """
 
 from fvcore.common.registry import Registry
@@ -10,7 +10,8 @@ BACKBONE_REGISTRY = Registry("BACKBONE")
 BACKBONE_REGISTRY.__doc__ = """
 Backbone + feature pyramid. Built as ``cls(**cls.from_config(cfg))``.
 ``forward(images: Tensor[B, 3, S, S] normalised) -> Dict[str, Tensor]`` maps level names
-``"p3".."p7"`` to ``[B, C, S / 2**l, S / 2**l]``; ``output_shape() -> Dict[str, (channels, stride)]``.
+``"p3".."p7"`` to ``[B, C, S / 2**l, S / 2**l]``;
+``output_shape() -> Dict[str, (channels, stride)]``.
 """
 
 PROPOSAL_GENERATOR_REGISTRY = Registry("PROPOSAL_GENERATOR")
@@ -26,13 +27,13 @@ ROI_MASK_HEAD_REGISTRY = Registry("ROI_MASK_HEAD")
 ROI_MASK_HEAD_REGISTRY.__doc__ = """
 Mask head on RoIAlign features. Built as
 ``cls(**cls.from_config(cfg, input_shape=backbone.output_shape()))``.
-``forward(features, boxes_xyxy: List[Tensor[N_i, 4]], classes: List[Tensor[N_i]]) -> Tensor[sum N_i,
-28, 28]`` mask logits of the given class for each box.
+``forward(features, boxes_xyxy: List[Tensor[N_i, 4]], classes: List[Tensor[N_i]])
+-> Tensor[sum N_i, 28, 28]``: mask logits of the given class for each box.
 """
 
 META_ARCH_REGISTRY = Registry("META_ARCH")
 META_ARCH_REGISTRY.__doc__ = """
-The whole model. Built with ``build_model(cfg)``. ``forward(batched_inputs: List[dict])``: in training
-returns ``Dict[str, Tensor]`` of losses; in eval returns per image ``{"instances": {...}}`` (see
-``effdetmask/modeling/meta_arch.py``).
+The whole model. Built with ``build_model(cfg)``. ``forward(batched_inputs: List[dict])``:
+in training returns ``Dict[str, Tensor]`` of losses; in eval returns per image
+``{"instances": {...}}`` (see ``effdetmask/modeling/meta_arch.py``).
 """

@@ -7,7 +7,8 @@ Conventions met in this project:
 * inside the project (mapper targets, model outputs): ``boxes_xyxy`` = ``[x0, y0, x1, y1]`` float,
   classes 0..45.
 * effdet: boxes ``[y0, x0, y1, x1]`` (yxyx), classes 1..46, targets padded with ``-1`` rows.
-* torchvision detection models: boxes xyxy, label 0 = background, so apparel class ``c`` is ``c + 1``.
+* torchvision detection models: boxes xyxy, label 0 = background, so apparel class ``c`` is
+  ``c + 1``.
 * letterbox: the model input is the image resized by ``scale`` (aspect kept) and padded at the
   bottom/right, so a point ``p`` of the input is ``p / scale`` in the original image.
 """
@@ -87,13 +88,17 @@ def pad_effdet_targets(
     for i, (b, c) in enumerate(zip(boxes_xyxy, classes)):
         n = b.shape[0]
         if n > max_instances:
-            raise ValueError(f"image {i} has {n} instances, more than max_instances={max_instances}")
+            raise ValueError(
+                f"image {i} has {n} instances, more than max_instances={max_instances}"
+            )
         out_boxes[i, :n] = xyxy_to_yxyx(b.float())
         out_classes[i, :n] = classes_to_effdet(c)
     return out_boxes, out_classes
 
 
-def input_to_original(boxes_xyxy: torch.Tensor, scale: float, height: int, width: int) -> torch.Tensor:
+def input_to_original(
+    boxes_xyxy: torch.Tensor, scale: float, height: int, width: int
+) -> torch.Tensor:
     """Boxes in letterboxed model-input pixels -> original image pixels, clipped to the image."""
     return clip_xyxy(boxes_xyxy / scale, height, width)
 
