@@ -145,8 +145,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
         if r["phase"] == "train"
     ]
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    # the second process continued from a checkpoint (step >= 4), it did not start over
-    assert steps[restart] >= 5 and steps[-1] == 24
+    # the second process continued from a checkpoint, it did not start over. The kill lands once
+    # step0000004.ckpt exists; last.ckpt is written just after it, so resume is from step 2 or 4.
+    assert steps[restart] in (3, 5) and steps[-1] == 24
 
 
 def test_two_process_ddp_on_cpu(tmp_path, data_root):

@@ -72,10 +72,12 @@ def _list_collate(batch: List[dict]) -> List[dict]:
     return batch
 
 
-def build_trainer(
-    cfg, launch: LaunchSpec, *, max_epochs: int = -1, validate: bool = True
-) -> Trainer:
-    """A Trainer with the project's hooks: checkpoints, metrics, TensorBoard, progress bar."""
+def build_trainer(cfg, launch: LaunchSpec, *, max_epochs: int = -1) -> Trainer:
+    """A Trainer with the project's hooks: checkpoints, metrics, TensorBoard, progress bar.
+
+    ``checkpoints/best.ckpt`` (highest mask AP on the first test set) is kept only when the run
+    validates while training (TEST.EVAL_PERIOD > 0); otherwise there is nothing to rank by.
+    """
     launch.export_environment()
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     periodic = ModelCheckpoint(
@@ -93,12 +95,14 @@ def build_trainer(
         LearningRateMonitor(logging_interval="step"),
         TQDMProgressBar(refresh_rate=1),
     ]
-    if validate:
+    if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST:
+        tests = cfg.DATASETS.TEST
+        monitor = "val/segm_AP" if len(tests) == 1 else f"val/{tests[0]}/segm_AP"
         callbacks.append(
             ModelCheckpoint(
                 dirpath=checkpoint_dir(cfg),
                 filename="best",
-                monitor="val/segm_AP",
+                monitor=monitor,
                 mode="max",
                 save_top_k=1,
                 auto_insert_metric_name=False,
@@ -188,5 +192,5 @@ def run_evaluation(trainer: Trainer, module: EffDetMaskModule, cfg) -> Dict:
 def evaluate(cfg, launch: LaunchSpec) -> Dict:
     """``--eval-only``: load MODEL.WEIGHTS (done by build_model) and evaluate."""
     module = build_module(cfg)
-    trainer = build_trainer(cfg, launch, validate=True)
+    trainer = build_trainer(cfg, launch)
     return run_evaluation(trainer, module, cfg)
