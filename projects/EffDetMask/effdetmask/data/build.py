@@ -8,15 +8,15 @@ and counted in that process's :class:`SkipReport`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from effdetmask.data.builtin import register_all_from_cfg
 from effdetmask.data.catalog import DatasetCatalog
 from effdetmask.data.hdf5_cache import CachedDataset
 from effdetmask.data.mapper import DatasetMapper, trivial_batch_collator
+from effdetmask.data.resumable_loader import ResumableDataLoader, ResumableSampler, SeededSamples
 from effdetmask.data.validation import SkipReport
 
 logger = logging.getLogger(__name__)
@@ -126,20 +126,30 @@ def build_train_dataset(cfg: Any) -> MapDataset:
                       skip_invalid=cfg.DATASETS.SKIP_INVALID)
 
 
-def build_train_loader(cfg: Any) -> DataLoader:
-    """Shuffling (seeded by ``SEED``) training loader yielding lists of mapper outputs.
+def build_train_loader(
+    cfg: Any, progress_fn: Optional[Callable[[], Tuple[int, int]]] = None
+) -> ResumableDataLoader:
+    """The training loader: seeded shuffle, seeded augmentation, sharded over processes, resumable.
 
-    Batches hold ``SOLVER.IMS_PER_BATCH`` samples; ``DATALOADER.NUM_WORKERS`` processes, kept alive
-    between epochs.
+    Batches are lists of ``SOLVER.IMS_PER_BATCH`` mapper outputs. Each sample's RNGs are seeded from
+    ``(SEED, epoch, index)`` (see :mod:`effdetmask.data.resumable_loader`), so the
+    ``DATALOADER.NUM_WORKERS`` worker processes can stay alive between epochs without changing
+    what a resumed run sees. ``progress_fn`` (the trainer's ``(epoch, batches processed)``) makes
+    the loader's state exact at checkpoint time.
     """
     dataset = build_train_dataset(cfg)
-    gen = torch.Generator()
-    gen.manual_seed(cfg.SEED if cfg.SEED >= 0 else torch.seed())
+    seed = cfg.SEED if cfg.SEED >= 0 else 0
     workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(dataset, batch_size=cfg.SOLVER.IMS_PER_BATCH,
-                      sampler=RandomSampler(dataset, generator=gen), num_workers=workers,
-                      persistent_workers=workers > 0, collate_fn=trivial_batch_collator,
-                      generator=gen, drop_last=False)
+    return ResumableDataLoader(
+        SeededSamples(dataset, seed),
+        ResumableSampler(len(dataset), seed=seed, shuffle=True),
+        batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        progress_fn=progress_fn,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=trivial_batch_collator,
+        drop_last=False,
+    )
 
 
 def build_test_loader(cfg: Any, dataset_name: str) -> DataLoader:

@@ -12,12 +12,11 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..data.build import build_test_loader, build_train_dataset
+from ..data.build import build_test_loader, build_train_loader
 from ..evaluation import COCOEvaluator
 from .callbacks import EvalResultsWriter, JSONLinesMetricsWriter
 from .defaults import LaunchSpec
 from .lightning_module import EffDetMaskModule
-from .resumable_data import ResumableDataLoader, ResumableSampler, SeededSamples
 from .visualize import write_visualizations
 
 logger = logging.getLogger(__name__)
@@ -46,30 +45,12 @@ def build_module(cfg) -> EffDetMaskModule:
     return EffDetMaskModule(cfg, _evaluator_factory(cfg), list(cfg.DATASETS.TEST))
 
 
-def build_train_loader(cfg, module: EffDetMaskModule) -> ResumableDataLoader:
-    """The resumable training loader: seeded shuffle, seeded augmentation, sharded per process."""
-    dataset = build_train_dataset(cfg)
-    seed = cfg.SEED if cfg.SEED >= 0 else 0
-
+def _train_loader(cfg, module: EffDetMaskModule):
     def progress():
         trainer = module.trainer
         return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-    workers = cfg.DATALOADER.NUM_WORKERS
-    return ResumableDataLoader(
-        SeededSamples(dataset, seed),
-        ResumableSampler(len(dataset), seed=seed, shuffle=True),
-        batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        progress_fn=progress,
-        num_workers=workers,
-        persistent_workers=False,
-        collate_fn=_list_collate,
-        drop_last=False,
-    )
-
-
-def _list_collate(batch: List[dict]) -> List[dict]:
-    return batch
+    return build_train_loader(cfg, progress_fn=progress)
 
 
 def build_trainer(cfg, launch: LaunchSpec, *, max_epochs: int = -1) -> Trainer:
@@ -147,7 +128,7 @@ def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
     seed_everything(cfg.SEED if cfg.SEED >= 0 else None, workers=True)
     module = build_module(cfg)
     trainer = build_trainer(cfg, launch)
-    train_loader = build_train_loader(cfg, module)
+    train_loader = _train_loader(cfg, module)
     val_loaders = _test_loaders(cfg) if cfg.TEST.EVAL_PERIOD > 0 else None
     ckpt_path = None
     last = os.path.join(checkpoint_dir(cfg), "last.ckpt")

@@ -4,7 +4,7 @@ from unittest import mock
 
 import torch
 
-from effdetmask.engine.resumable_data import ResumableDataLoader, ResumableSampler, SeededSamples
+from effdetmask.data.resumable_loader import ResumableDataLoader, ResumableSampler, SeededSamples
 
 
 class RandomAug(torch.utils.data.Dataset):
@@ -53,7 +53,7 @@ def test_state_at_epoch_end_resumes_at_next_epoch():
 def test_shards_over_processes_cover_everything_evenly():
     shards = []
     for rank in range(3):
-        with mock.patch("effdetmask.engine.resumable_data._rank_and_world", return_value=(rank, 3)):
+        with mock.patch("effdetmask.data.resumable_loader._rank_and_world", return_value=(rank, 3)):
             shards.append([i for _, i in ResumableSampler(10, seed=0)])
     assert len({len(s) for s in shards}) == 1
     assert set().union(*map(set, shards)) == set(range(10))
