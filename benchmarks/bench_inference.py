@@ -37,8 +37,9 @@ from effdetmask.modeling.meta_arch import normalize_images
 from effdetmask.utils.timing import time_callables
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CONFIGS = {"d0": "configs/effdet_d0.yaml", "d1": "configs/effdet_d1.yaml",
-           "d2": "configs/effdet_d2.yaml", "baseline": "configs/mask_rcnn_R_50_FPN.yaml"}
+CONFIGS = {"d0": "configs/effdet_d0.yaml", "d0_fast": "configs/effdet_d0_fast.yaml",
+           "d1": "configs/effdet_d1.yaml", "d2": "configs/effdet_d2.yaml",
+           "baseline": "configs/mask_rcnn_R_50_FPN.yaml"}
 logger = logging.getLogger("bench_inference")
 
 
