@@ -103,3 +103,22 @@ def test_default_colours_and_colour_count_check():
     assert len(Visualizer(NAMES).colors) == 3
     with pytest.raises(ValueError):
         Visualizer(NAMES, COLORS[:2])
+
+
+def test_pages_draw_only_predictions_above_min_score(tmp_path):
+    from effdetmask.vis_pages import write_instance_pngs
+
+    image = _image()
+    inst = _instances()
+    inst["masks_rle"] = [coco_rle_encode(m) for m in inst.pop("masks").numpy()]
+    vis = Visualizer(NAMES, COLORS)
+    for name, min_score in [("all", 0.0), ("high", 0.7)]:
+        write_instance_pngs(vis, str(tmp_path / name), image, inst, None, max_size=0,
+                            panel=False, noise=False, min_score=min_score)
+    everything = cv2.imread(str(tmp_path / "all_overlay.png"))
+    high_only = cv2.imread(str(tmp_path / "high_overlay.png"))
+    # only the 0.6 instance's drawing differs: its mask is not painted, everything else is equal
+    low = {"boxes": inst["boxes"][1:], "masks": _instances()["masks"][1:]}
+    differs = (everything != high_only).any(-1)
+    assert differs[low["masks"][0].numpy()].mean() > 0.9
+    assert not differs[~_allowed_region(low, *image.shape[:2])].any()

@@ -172,6 +172,7 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.TEST.EVALUATOR_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
     _C.TEST.IMS_PER_BATCH = 4  # inference batch size
     _C.TEST.VIS_IMAGES = 4  # after training, draw GT | predictions of this many test images
+    _C.TEST.VIS_SCORE_THRESH = 0.3  # those pictures draw predictions scoring at least this
     _C.TEST.RETURN_RLE = False  # eval outputs COCO RLE masks ("masks_rle") instead of dense masks
     _C.TEST.AMP_DTYPE = ""  # inference autocast: "" (fp32) | "bf16" | "fp16" (fp16: GPU only)
 

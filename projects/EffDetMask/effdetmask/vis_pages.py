@@ -57,7 +57,8 @@ def side_by_side(left: np.ndarray, right: np.ndarray, captions: Sequence[str]) -
 
 def write_instance_pngs(vis: Visualizer, prefix: str, image: np.ndarray,
                         inst: Mapping[str, Any], record: Optional[Mapping[str, Any]],
-                        max_size: int, panel: bool, noise: bool) -> List[str]:
+                        max_size: int, panel: bool, noise: bool,
+                        min_score: float = 0.0) -> List[str]:
     """Write the PNGs of one image; returns their paths.
 
     Args:
@@ -68,7 +69,16 @@ def write_instance_pngs(vis: Visualizer, prefix: str, image: np.ndarray,
         record: the image's dataset dict (ground truth) or None.
         max_size: downscale the drawings so the long side is at most this (0 = never).
         noise: the model has random weights (said in the caption).
+        min_score: draw only predictions scoring at least this (said in the caption).
     """
+    if min_score > 0:
+        keep = [i for i, score in enumerate(inst["scores"]) if float(score) >= min_score]
+        inst = {
+            "boxes": inst["boxes"][keep],
+            "classes": inst["classes"][keep],
+            "scores": inst["scores"][keep],
+            "masks_rle": [inst["masks_rle"][i] for i in keep],
+        }
     height, width = image.shape[:2]
     out_h, out_w = height, width
     if max_size > 0 and max(height, width) > max_size:
@@ -87,7 +97,8 @@ def write_instance_pngs(vis: Visualizer, prefix: str, image: np.ndarray,
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         truth = display_instances(xywh_to_xyxy(boxes), [a["category_id"] for a in anns], None,
                                   [a["segmentation"] for a in anns], height, width, out_h, out_w)
-        captions = [f"ground truth ({len(anns)})", f"predictions ({len(inst['scores'])}"
+        shown = f"predictions, score >= {min_score:.2f}" if min_score > 0 else "predictions"
+        captions = [f"ground truth ({len(anns)})", f"{shown} ({len(inst['scores'])}"
                     + (", random weights: noise)" if noise else ")")]
         paths.append(f"{prefix}_gt.png")
         save_png(paths[-1], side_by_side(vis.draw_instances(small, truth), overlay, captions))

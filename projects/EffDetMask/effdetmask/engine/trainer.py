@@ -153,6 +153,7 @@ def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
             os.path.join(cfg.OUTPUT_DIR, "vis"),
             image_size=cfg.INPUT.SIZE,
             num_images=cfg.TEST.VIS_IMAGES,
+            min_score=cfg.TEST.VIS_SCORE_THRESH,
             batch_size=cfg.TEST.IMS_PER_BATCH,
         )
     return results

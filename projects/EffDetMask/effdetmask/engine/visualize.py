@@ -27,12 +27,14 @@ def write_visualizations(
     image_size: int,
     num_images: int = 4,
     batch_size: int = 4,
+    min_score: float = 0.0,
 ) -> List[str]:
     """Writes ``<image>_gt.png`` (ground truth | predictions) and ``<image>_panel.png`` pages.
 
     Args:
         model: a built model (any meta-architecture); put in eval mode here.
         dataset_name: a registered dataset; its first ``num_images`` images are drawn.
+        min_score: predictions scoring below this are not drawn (``TEST.VIS_SCORE_THRESH``).
     Returns:
         Paths of the PNGs written.
     """
@@ -47,7 +49,8 @@ def write_visualizations(
             output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0]
         )
         written += write_instance_pngs(
-            vis, prefix, image, inst, record, max_size=0, panel=True, noise=False
+            vis, prefix, image, inst, record, max_size=0, panel=True, noise=False,
+            min_score=min_score,
         )
     logger.info("wrote %d visualisations of %s to %s", len(written), dataset_name, output_dir)
     return written
