@@ -118,7 +118,8 @@ def test_dataset_root_precedence(monkeypatch, tmp_path):
 
 def test_builtins_registered_lazily_and_idempotent(tmp_path):
     for name in ("fashionpedia_train", "fashionpedia_val", "imat2020_train",
-                 "fashion_synth_train", "fashion_synth_val"):
+                 "fashion_synth_train", "fashion_synth_val", "fashionpedia_api_sample",
+                 "imat2020_sample"):
         assert name in DatasetCatalog
         assert MetadataCatalog.get(name).thing_classes == class_names()
     register_all()  # a second call is a no-op, not a "registered twice" error
@@ -156,3 +157,19 @@ def test_synth_registration_uses_generator(monkeypatch, tmp_path):
         assert MetadataCatalog.get("fashion_synth_val").json_file.endswith("instances.json")
     finally:
         register_all(overwrite=True)  # back to the default root for other tests
+
+
+@needs_sample
+def test_real_sample_registered_under_its_root(tmp_path):
+    try:
+        register_all(str(SHARED_DATA), overwrite=True)
+        sample = DatasetCatalog.get("fashionpedia_api_sample")
+        kaggle = DatasetCatalog.get("imat2020_sample")
+        assert [d["image_id"] for d in sample] == [9813, 10223]
+        assert sum(len(d["annotations"]) for d in sample) == 12
+        assert [Path(d["file_name"]).stem for d in kaggle] == [KG_ID]
+        register_all(str(tmp_path), overwrite=True)
+        with pytest.raises(FileNotFoundError, match="imat2020_sample.*datasets/README.md"):
+            DatasetCatalog.get("imat2020_sample")
+    finally:
+        register_all(overwrite=True)

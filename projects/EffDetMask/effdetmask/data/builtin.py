@@ -9,6 +9,11 @@ Layout under the dataset root (``DATASETS.ROOT``, else ``$EFFDETMASK_DATASETS``,
 * ``imaterialist2020/train.csv`` + ``train/`` + ``label_descriptions.json`` -> ``imat2020_train``.
 * ``fashion_synth/{train,val}/`` -> ``fashion_synth_train`` / ``fashion_synth_val``, generated on
   first use by ``effdetmask.data.synthetic.ensure_fashion_synth`` (the embedded default data).
+* the layout of the small real sample shipped beside this project (``../shared/data``; set
+  ``DATASETS.ROOT`` to it): ``fashionpedia_api_sample/{sample.json,images/}`` ->
+  ``fashionpedia_api_sample`` (2 images, pre-release taxonomy remapped by name) and
+  ``imat2020_train_rle/{train_rows_*.csv,images/}`` + ``label_descriptions/
+  imat2020_fgvc7_label_descriptions.json`` -> ``imat2020_sample`` (1 image).
 
 ``effdetmask.data`` registers all of them with the default root and options on import;
 :func:`register_all_from_cfg` re-registers them for a config's root, synth parameters and
@@ -17,6 +22,7 @@ Layout under the dataset root (``DATASETS.ROOT``, else ``$EFFDETMASK_DATASETS``,
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from typing import Any, Callable, Dict, List, Optional
@@ -37,6 +43,8 @@ BUILTIN_NAMES = (
     "imat2020_train",
     "fashion_synth_train",
     "fashion_synth_val",
+    "fashionpedia_api_sample",
+    "imat2020_sample",
 )
 # Default generator parameters; the same values as DATASETS.SYNTH in config.py, which is where a
 # run changes them (register_all_from_cfg).
@@ -61,10 +69,11 @@ def _require(path: str, dataset: str) -> None:
         )
 
 
-def _fashionpedia_loader(json_file: str, image_root: str, skip_invalid: bool) -> Callable:
+def _fashionpedia_loader(name: str, json_file: str, image_root: str,
+                         skip_invalid: bool) -> Callable:
     def load() -> List[Dict[str, Any]]:
-        _require(json_file, "fashionpedia")
-        _require(image_root, "fashionpedia")
+        _require(json_file, name)
+        _require(image_root, name)
         return load_fashionpedia_json(json_file, image_root, skip_invalid=skip_invalid)
 
     return load
@@ -80,6 +89,25 @@ def _imat_loader(root: str, skip_invalid: bool) -> Callable:
             os.path.join(base, "train.csv"), os.path.join(base, "train"),
             label_json=os.path.join(base, "label_descriptions.json"), skip_invalid=skip_invalid,
         )
+
+    return load
+
+
+def _imat_sample_loader(root: str, skip_invalid: bool) -> Callable:
+    base = os.path.join(root, "imat2020_train_rle")
+    labels = os.path.join(root, "label_descriptions", "imat2020_fgvc7_label_descriptions.json")
+
+    def load() -> List[Dict[str, Any]]:
+        for path in (base, os.path.join(base, "images"), labels):
+            _require(path, "imat2020_sample")
+        rows = sorted(glob.glob(os.path.join(base, "train_rows_*.csv")))
+        if len(rows) != 1:
+            raise FileNotFoundError(
+                f"dataset 'imat2020_sample': expected one train_rows_*.csv in {base}, "
+                f"found {len(rows)}"
+            )
+        return load_imaterialist_csv(rows[0], os.path.join(base, "images"), label_json=labels,
+                                     skip_invalid=skip_invalid)
 
     return load
 
@@ -130,10 +158,19 @@ def register_all(
     for split, images, ann in (("train", "train", "train2020"), ("val", "test", "val2020")):
         json_file = os.path.join(fp, "annotations", f"instances_attributes_{ann}.json")
         _register(f"fashionpedia_{split}",
-                  _fashionpedia_loader(json_file, os.path.join(fp, images), skip_invalid),
+                  _fashionpedia_loader(f"fashionpedia_{split}", json_file,
+                                       os.path.join(fp, images), skip_invalid),
                   overwrite, json_file=json_file, image_root=os.path.join(fp, images))
     _register("imat2020_train", _imat_loader(root, skip_invalid), overwrite,
               image_root=os.path.join(root, "imaterialist2020", "train"))
+    sample = os.path.join(root, "fashionpedia_api_sample")
+    _register("fashionpedia_api_sample",
+              _fashionpedia_loader("fashionpedia_api_sample", os.path.join(sample, "sample.json"),
+                                   os.path.join(sample, "images"), skip_invalid),
+              overwrite, json_file=os.path.join(sample, "sample.json"),
+              image_root=os.path.join(sample, "images"))
+    _register("imat2020_sample", _imat_sample_loader(root, skip_invalid), overwrite,
+              image_root=os.path.join(root, "imat2020_train_rle", "images"))
     params = dict(_DEFAULT_SYNTH, **(synth or {}))
     for split in ("train", "val"):
         num_images, image_size, seed = params[split]
