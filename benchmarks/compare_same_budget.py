@@ -92,7 +92,7 @@ def _fmt(value) -> str:
 def main() -> List[Dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=600, help="training budget per model")
+    parser.add_argument("--seconds", type=int, default=600, help="training budget per model (s)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--num-gpus", type=int, default=0)
     parser.add_argument("--output-dir", default="./output/same_budget")
