@@ -85,17 +85,18 @@ def build_runs(args, device: str, batch: List[dict], amp: str) -> Dict[str, Dict
                     return model.backbone(images)
 
             runs[f"{name}:floor"] = {"fn": floor, "model": model, "cfg": cfg}
-    if args.onnx and device == "cpu" and "d0" in runs and not amp:
-        runs["d0:onnxruntime"] = onnx_run(args, runs["d0"])
+    if args.onnx and device == "cpu" and not amp:
+        for name in [n for n in args.models if n != "baseline"]:
+            runs[f"{name}:onnxruntime"] = onnx_run(args, name, runs[name])
     return runs
 
 
-def onnx_run(args, d0: Dict[str, Any]) -> Dict[str, Any]:
+def onnx_run(args, name: str, run: Dict[str, Any]) -> Dict[str, Any]:
     from effdetmask.export import OnnxPredictor, export_onnx
 
-    cfg = d0["cfg"]
-    path = os.path.join(tempfile.mkdtemp(), "d0.onnx")
-    export_onnx(d0["model"], path, cfg.INPUT.SIZE)
+    cfg = run["cfg"]
+    path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
+    export_onnx(run["model"], path, cfg.INPUT.SIZE)
     pred = OnnxPredictor(path, score_thresh=cfg.TEST.SCORE_THRESH, threads=args.threads,
                          detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
     batch = make_batch(args.current_bs, args.size, args.orig_size or args.size)
@@ -173,7 +174,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--floor", action="store_true", help="also time backbone+BiFPN alone")
-    p.add_argument("--onnx", action="store_true", help="also time d0 in onnxruntime (CPU, fp32)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also time each EffDetMask model in onnxruntime (CPU, fp32)")
     p.add_argument("--output", default="", help="JSON file for the rows")
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for EffDetMask")
     p.add_argument("--baseline-opts", nargs="*", default=[], help="KEY VALUE for the baseline")
