@@ -68,7 +68,7 @@ def build_runs(args, device: str, batch: List[dict], amp: str) -> Dict[str, Dict
     gpu_batch = [{**x, "image": x["image"].to(dev)} for x in batch]
     for name in args.models:
         cfg = setup_cfg(os.path.join(ROOT, CONFIGS[name]), model_opts(args, name, device))
-        model = build_model(cfg).eval()
+        model = build_model(cfg, inference_only=True)
 
         def fn(model=model) -> Any:
             with inference_context(dev, amp):

@@ -39,8 +39,9 @@ def stage_fns(args: argparse.Namespace) -> Dict[str, Any]:
              "TEST.DETECTIONS_PER_IMAGE", n]
     cfg = setup_cfg(os.path.join(ROOT, CONFIGS[args.model]),
                     fixed + ["MODEL.EFFDET_HEAD.MAX_DETECTIONS", n, *args.opts])
-    model = build_model(cfg).eval()
-    base = build_model(setup_cfg(os.path.join(ROOT, CONFIGS["baseline"]), fixed)).eval()
+    model = build_model(cfg, inference_only=True)
+    base = build_model(setup_cfg(os.path.join(ROOT, CONFIGS["baseline"]), fixed),
+                       inference_only=True)
     batch = make_batch(args.batch_size, args.size, args.size)
     dev = torch.device("cpu")
     amp = "" if args.precision == "fp32" else args.precision

@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     cfg = setup_cfg(args.config_file, args.opts)
-    model = build_model(cfg, device="cpu").eval()
+    model = build_model(cfg, device="cpu", inference_only=True)
     export_onnx(model, args.output, cfg.INPUT.SIZE, opset=args.opset)
     if args.check:
         check(model, args.output, cfg.INPUT.SIZE)

@@ -124,3 +124,15 @@ def test_paste_masks_only_inside_box():
     assert torch.equal(pasted[0], expected)
     assert pasted[1].sum() == 50 * 50 and pasted[1, 150:, 250:].all()  # clipped to the image
     assert paste_masks_in_image(torch.zeros(0, 28, 28), torch.zeros(0, 4), 5, 7).shape == (0, 5, 7)
+
+
+@pytest.mark.parametrize("batch,n,k", [(1, 4 * 4600, 1000), (3, 2 * 999, 500), (2, 7 * 13, 5),
+                                       (1, 100, 100)])
+def test_chunked_topk_equals_topk(batch, n, k):
+    from effdetmask.modeling.proposal_generator import chunked_topk
+
+    values = torch.randn(batch, n, generator=torch.Generator().manual_seed(n))
+    want_values, want_idx = values.topk(k, dim=1)
+    got_values, got_idx = chunked_topk(values, k)
+    assert torch.equal(got_values, want_values)
+    assert torch.equal(got_idx, want_idx)  # distinct random values: no ties

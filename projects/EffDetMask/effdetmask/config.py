@@ -175,6 +175,8 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.TEST.VIS_SCORE_THRESH = 0.3  # those pictures draw predictions scoring at least this
     _C.TEST.RETURN_RLE = False  # eval outputs COCO RLE masks ("masks_rle") instead of dense masks
     _C.TEST.AMP_DTYPE = ""  # inference autocast: "" (fp32) | "bf16" | "fp16" (fp16: GPU only)
+    # inference-only builds (predictor, demo, benchmarks, ONNX export) fold BatchNorm into convs
+    _C.TEST.FOLD_BN = True
 
     _C.OUTPUT_DIR = "./output"  # run directory: config, logs, checkpoints, metrics, predictions
     _C.SEED = 0  # global seed (< 0 = random)

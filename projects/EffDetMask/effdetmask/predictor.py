@@ -107,7 +107,7 @@ class BatchPredictor:
         if not cfg.MODEL.WEIGHTS:
             logger.warning("MODEL.WEIGHTS is empty: the model has random weights and its "
                            "predictions are noise")
-        return cls(build_model(cfg), image_size=cfg.INPUT.SIZE,
+        return cls(build_model(cfg, inference_only=True), image_size=cfg.INPUT.SIZE,
                    batch_size=cfg.TEST.IMS_PER_BATCH,
                    return_rle=cfg.TEST.RETURN_RLE if return_rle is None else return_rle)
 

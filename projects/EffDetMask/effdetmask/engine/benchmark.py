@@ -21,9 +21,10 @@ __all__ = ["time_inference", "benchmark_row", "print_benchmark_table"]
 
 def benchmark_row(cfg, results: Dict, max_batches: int = 12) -> Dict[str, object]:
     """One row: AP of the evaluation ``results`` plus size, FLOPs and measured speed."""
-    model = build_model(cfg)
+    # size and FLOPs of the model as trained; speed of the model as deployed (BN folded)
+    summary = summarize_model(build_model(cfg), input_size=cfg.INPUT.SIZE)
+    model = build_model(cfg, inference_only=True)
     device = next(model.parameters()).device
-    summary = summarize_model(model, input_size=cfg.INPUT.SIZE)
     loader = build_test_loader(cfg, cfg.DATASETS.TEST[0])
     batches = []
     for batch in loader:

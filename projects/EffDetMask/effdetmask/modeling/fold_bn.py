@@ -1,0 +1,81 @@
+"""Fold inference-time BatchNorm into the convolution that feeds it.
+
+In eval mode a BatchNorm after a convolution is a per-channel affine map, so it can be folded into
+the convolution's weight and bias: the same outputs (up to float rounding) without two elementwise
+passes over every feature map. On CPU that is most of the elementwise time of EfficientNet's
+depthwise blocks (measured: ``benchmarks/bench_inference.py``, README Results).
+
+Only pairs known to be ``conv -> bn`` in their module's ``forward`` are folded, named per module
+type below (timm's EfficientNet blocks, effdet's BiFPN convs, torchvision's ResNet). A BatchNorm
+whose input is not a single convolution (effdet's per-level BNs after the shared head convs) stays.
+timm's ``BatchNormAct2d`` keeps its activation: it is replaced by its ``drop`` and ``act``.
+
+A folded model cannot be trained again (its BatchNorms are gone): build a fresh one for that.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .frozen_bn import FROZEN_BN_TYPES
+
+__all__ = ["fold_batch_norm", "FOLD_PAIRS"]
+
+# module class name -> (conv attribute, BatchNorm attribute) pairs, in the order forward() uses them
+FOLD_PAIRS = {
+    # timm EfficientNet (features_only) and its blocks
+    "EfficientNetFeatures": (("conv_stem", "bn1"),),
+    "DepthwiseSeparableConv": (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    "InvertedResidual": (
+        ("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"),
+    ),
+    # effdet BiFPN: separable conv (depthwise, pointwise, bn) and conv+bn resampling
+    "SeparableConv2d": (("conv_pw", "bn"),),
+    "ConvBnAct2d": (("conv", "bn"),),
+    # torchvision ResNet (the Mask R-CNN baseline's backbone)
+    "IntermediateLayerGetter": (("conv1", "bn1"),),
+    "Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
+
+
+def _is_batch_norm(module) -> bool:
+    return isinstance(module, (nn.modules.batchnorm._BatchNorm,) + FROZEN_BN_TYPES)
+
+
+def _what_remains(bn: nn.Module) -> nn.Module:
+    """What the BatchNorm did besides normalising (timm BatchNormAct2d: drop, activation)."""
+    act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)
+    if act is None and drop is None:
+        return nn.Identity()
+    return nn.Sequential(drop or nn.Identity(), act or nn.Identity())
+
+
+def _fold(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
+    conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+    if not isinstance(conv, nn.Conv2d):
+        return False
+    if not _is_batch_norm(bn) or bn.running_mean is None:
+        return False
+    setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+    setattr(parent, bn_name, _what_remains(bn))
+    return True
+
+
+def fold_batch_norm(model: nn.Module) -> int:
+    """Fold every known ``conv -> BatchNorm`` pair of ``model`` (in eval mode) in place.
+
+    Returns:
+        The number of BatchNorms folded.
+    """
+    if model.training:
+        raise ValueError("fold_batch_norm needs a model in eval mode (call model.eval() first)")
+    folded = 0
+    for module in list(model.modules()):
+        for conv_name, bn_name in FOLD_PAIRS.get(type(module).__name__, ()):
+            folded += _fold(module, conv_name, bn_name)
+        # torchvision Bottleneck: downsample = Sequential(conv1x1, norm)
+        downsample = getattr(module, "downsample", None)
+        if type(module).__name__ == "Bottleneck" and isinstance(downsample, nn.Sequential):
+            folded += _fold(downsample, "0", "1")
+    return folded
