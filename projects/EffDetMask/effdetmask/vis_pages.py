@@ -97,7 +97,7 @@ def write_instance_pngs(vis: Visualizer, prefix: str, image: np.ndarray,
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         truth = display_instances(xywh_to_xyxy(boxes), [a["category_id"] for a in anns], None,
                                   [a["segmentation"] for a in anns], height, width, out_h, out_w)
-        shown = f"predictions, score >= {min_score:.2f}" if min_score > 0 else "predictions"
+        shown = f"predicted >= {min_score:.2f}" if min_score > 0 else "predictions"
         captions = [f"ground truth ({len(anns)})", f"{shown} ({len(inst['scores'])}"
                     + (", random weights: noise)" if noise else ")")]
         paths.append(f"{prefix}_gt.png")
