@@ -15,6 +15,8 @@ A folded model cannot be trained again (its BatchNorms are gone): build a fresh 
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -22,7 +24,7 @@ from .frozen_bn import FROZEN_BN_TYPES
 
 __all__ = ["fold_batch_norm", "FOLD_PAIRS"]
 
-# module class name -> (conv attribute, BatchNorm attribute) pairs, in the order forward() uses them
+# module class name -> (conv, BatchNorm) submodule names (dotted: inside a child), in forward order
 FOLD_PAIRS = {
     # timm EfficientNet (features_only) and its blocks
     "EfficientNetFeatures": (("conv_stem", "bn1"),),
@@ -35,7 +37,9 @@ FOLD_PAIRS = {
     "ConvBnAct2d": (("conv", "bn"),),
     # torchvision ResNet (the Mask R-CNN baseline's backbone)
     "IntermediateLayerGetter": (("conv1", "bn1"),),
-    "Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    "Bottleneck": (
+        ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("downsample.0", "downsample.1"),
+    ),
 }
 
 
@@ -51,14 +55,26 @@ def _what_remains(bn: nn.Module) -> nn.Module:
     return nn.Sequential(drop or nn.Identity(), act or nn.Identity())
 
 
+def _owner(parent: nn.Module, name: str) -> Tuple[Optional[nn.Module], str]:
+    """The module holding the (possibly dotted) submodule ``name``, and its last name part."""
+    *path, leaf = name.split(".")
+    for part in path:
+        parent = getattr(parent, part, None)
+        if parent is None:
+            return None, leaf
+    return parent, leaf
+
+
 def _fold(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
-    conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+    conv_owner, conv_leaf = _owner(parent, conv_name)
+    bn_owner, bn_leaf = _owner(parent, bn_name)
+    conv, bn = getattr(conv_owner, conv_leaf, None), getattr(bn_owner, bn_leaf, None)
     if not isinstance(conv, nn.Conv2d):
         return False
     if not _is_batch_norm(bn) or bn.running_mean is None:
         return False
-    setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-    setattr(parent, bn_name, _what_remains(bn))
+    setattr(conv_owner, conv_leaf, fuse_conv_bn_eval(conv, bn))
+    setattr(bn_owner, bn_leaf, _what_remains(bn))
     return True
 
 
@@ -74,8 +90,4 @@ def fold_batch_norm(model: nn.Module) -> int:
     for module in list(model.modules()):
         for conv_name, bn_name in FOLD_PAIRS.get(type(module).__name__, ()):
             folded += _fold(module, conv_name, bn_name)
-        # torchvision Bottleneck: downsample = Sequential(conv1x1, norm)
-        downsample = getattr(module, "downsample", None)
-        if type(module).__name__ == "Bottleneck" and isinstance(downsample, nn.Sequential):
-            folded += _fold(downsample, "0", "1")
     return folded
