@@ -73,12 +73,8 @@ def write_instance_pngs(vis: Visualizer, prefix: str, image: np.ndarray,
     """
     if min_score > 0:
         keep = [i for i, score in enumerate(inst["scores"]) if float(score) >= min_score]
-        inst = {
-            "boxes": inst["boxes"][keep],
-            "classes": inst["classes"][keep],
-            "scores": inst["scores"][keep],
-            "masks_rle": [inst["masks_rle"][i] for i in keep],
-        }
+        inst = {k: [v[i] for i in keep] if isinstance(v, list) else v[keep]
+                for k, v in inst.items()}
     height, width = image.shape[:2]
     out_h, out_w = height, width
     if max_size > 0 and max(height, width) > max_size:
