@@ -173,3 +173,20 @@ def test_real_sample_registered_under_its_root(tmp_path):
             DatasetCatalog.get("imat2020_sample")
     finally:
         register_all(overwrite=True)
+
+
+def test_imat_sample_needs_exactly_one_rows_file(tmp_path):
+    base = tmp_path / "imat2020_train_rle"
+    (base / "images").mkdir(parents=True)
+    (tmp_path / "label_descriptions").mkdir()
+    (tmp_path / "label_descriptions" / "imat2020_fgvc7_label_descriptions.json").write_text("{}")
+    try:
+        register_all(str(tmp_path), overwrite=True)
+        with pytest.raises(FileNotFoundError, match="expected one train_rows_.*found 0"):
+            DatasetCatalog.get("imat2020_sample")
+        for i in range(2):
+            (base / f"train_rows_{i}.csv").write_text("ImageId,EncodedPixels\n")
+        with pytest.raises(FileNotFoundError, match="expected one train_rows_.*found 2"):
+            DatasetCatalog.get("imat2020_sample")
+    finally:
+        register_all(overwrite=True)
