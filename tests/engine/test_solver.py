@@ -79,7 +79,13 @@ def test_plateau_reduces_on_stalled_metric_and_warms_up():
     apply_warmup(spec, opt, 1)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
     apply_warmup(spec, opt, 2)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)  # warm-up ends at BASE_LR
     sched = config["scheduler"]
-    for ap in [10.0, 10.0, 10.0]:
+    lrs = []
+    for ap in [10.0, 11.0, 11.0, 11.0, 12.0]:  # AP: higher is better ("max" mode)
         sched.step(ap)
+        lrs.append(opt.param_groups[0]["lr"])
+    # improvement keeps the LR; the second stalled epoch (> PATIENCE of 1) halves it
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5])
+    apply_warmup(spec, opt, 3)  # after warm-up the schedule owns the LR
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)

@@ -59,6 +59,11 @@ class EffDetMaskModule(LightningModule):
         self._evaluators: List[Any] = []
         self.loss_ema: Optional[float] = None
         self.last_eval_results: Dict[str, Dict[str, float]] = {}
+        # Training batches per epoch on this process (usually ``len`` of the train loader), set by
+        # the trainer builder before ``fit``. A callable because it is read in
+        # :meth:`configure_optimizers`, after ``fit`` has started the process group the loader
+        # shards over; Lightning itself has not loaded the train loader at that point.
+        self.train_batches_per_epoch: Optional[Callable[[], int]] = None
 
     # ------------------------------------------------------------------ training
     def forward(self, batched_inputs: List[dict]):
@@ -90,21 +95,47 @@ class EffDetMaskModule(LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.solver, self.model)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        max_epochs = (
-            self.trainer.max_epochs
-            if self.trainer.max_epochs and self.trainer.max_epochs > 0
-            else 1
-        )
-        steps_per_epoch = (
-            math.ceil(
-                self.trainer.num_training_batches / max(1, self.trainer.accumulate_grad_batches)
-            )
-            if math.isfinite(self.trainer.num_training_batches)
-            else max(1, total_steps // max_epochs)
-        )
+        steps_per_epoch = self._steps_per_epoch()
+        total_steps = self._total_steps(steps_per_epoch)
         scheduler = build_lr_scheduler(self.solver, optimizer, steps_per_epoch, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch on this process: ``ceil(batches / accumulation)``.
+
+        Lightning loads the train loader only after ``configure_optimizers`` (unless something
+        asked for ``estimated_stepping_batches`` in epoch mode), so ``num_training_batches`` is
+        usually still ``inf`` here; the count then comes from :attr:`train_batches_per_epoch`.
+        """
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            if self.train_batches_per_epoch is None:
+                if self.solver.scheduler == "plateau":
+                    return 1  # epoch-interval schedule: the step count is not used
+                raise RuntimeError(
+                    "the training batches per epoch are unknown when the optimiser is built; "
+                    "set EffDetMaskModule.train_batches_per_epoch (e.g. to the train loader's "
+                    "__len__) before trainer.fit, as engine.trainer.train does"
+                )
+            batches = self.train_batches_per_epoch()
+        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
+        return max(1, math.ceil(int(batches) / accumulate))
+
+    def _total_steps(self, steps_per_epoch: int) -> int:
+        """Optimiser steps of the whole run: ``max_steps`` if set, else epochs x steps per epoch
+        (the smaller of the two when both are set, as Lightning stops at whichever comes first)."""
+        max_steps = self.trainer.max_steps
+        max_epochs = self.trainer.max_epochs
+        total = steps_per_epoch * max_epochs if max_epochs is not None and max_epochs > 0 else None
+        if max_steps is not None and max_steps > 0:
+            total = max_steps if total is None else min(total, max_steps)
+        if total is None:
+            if self.solver.scheduler == "cosine":
+                raise ValueError(
+                    "the cosine schedule needs a finite run: set SOLVER.MAX_ITER or MAX_EPOCHS > 0"
+                )
+            return steps_per_epoch  # not used by the step and plateau schedules
+        return total
 
     # ---------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:

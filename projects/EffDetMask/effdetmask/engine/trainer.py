@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from datetime import timedelta
@@ -129,6 +130,9 @@ def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
     module = build_module(cfg)
     trainer = build_trainer(cfg, launch)
     train_loader = _train_loader(cfg, module)
+    # read when the optimiser is built, once fit has started the process group the loader shards
+    # over; the step schedule counts its decays in epochs of this many batches
+    module.train_batches_per_epoch = functools.partial(len, train_loader)
     val_loaders = _test_loaders(cfg) if cfg.TEST.EVAL_PERIOD > 0 else None
     ckpt_path = None
     last = os.path.join(checkpoint_dir(cfg), "last.ckpt")
