@@ -4,45 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
-import timm
 import torch
 import torch.nn as nn
 from effdet.efficientdet import BiFpn
 
 from .effdet_utils import ShapeSpec, init_effdet_weights, make_effdet_config
+from .pretrained import create_timm_features, create_timm_features_and_keys
 from .registry import BACKBONE_REGISTRY
 
 __all__ = ["TimmBiFPNBackbone", "create_timm_features"]
 
 logger = logging.getLogger(__name__)
-
-
-def create_timm_features(
-    timm_name: str, out_indices: Sequence[int], pretrained: str = "", drop_path_rate: float = 0.0
-) -> nn.Module:
-    """timm feature extractor; ``pretrained`` is "" (random), "timm" (hub) or a local file path.
-
-    A local file is a state dict of the *classification* model (as ``timm.create_model(name)``
-    saves it); timm drops the classifier keys itself when it builds the features-only model.
-    """
-    kwargs = dict(features_only=True, out_indices=tuple(out_indices), drop_path_rate=drop_path_rate)
-    if not pretrained:
-        return timm.create_model(timm_name, pretrained=False, **kwargs)
-    if pretrained == "timm":
-        logger.info("loading timm ImageNet weights of %s from the hub", timm_name)
-        return timm.create_model(timm_name, pretrained=True, **kwargs)
-    if not os.path.isfile(pretrained):
-        raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAINED: no such file: {pretrained}")
-    logger.info("loading %s backbone weights from %s", timm_name, pretrained)
-    try:
-        return timm.create_model(
-            timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=pretrained), **kwargs
-        )
-    except RuntimeError as e:
-        raise RuntimeError(f"backbone weights {pretrained} do not fit {timm_name}: {e}") from e
 
 
 @BACKBONE_REGISTRY.register()
@@ -67,13 +41,21 @@ class TimmBiFPNBackbone(nn.Module):
         max_level: int = 7,
         image_size: int = 512,
         drop_path_rate: float = 0.1,
+        fusion: str = "bifpn_fa",
+        act_type: str = "swish",
     ) -> None:
         super().__init__()
         if image_size % (2**max_level):
             raise ValueError(
                 f"input size {image_size} must be divisible by 2**MAX_LEVEL = {2 ** max_level}"
             )
-        self.body = create_timm_features(timm_name, out_indices, pretrained, drop_path_rate)
+        self.body, loaded = create_timm_features_and_keys(
+            timm_name, out_indices, pretrained, drop_path_rate
+        )
+        # keys of ``body.state_dict()`` that came from MODEL.BACKBONE.PRETRAINED (BN statistics
+        # included): the BatchNorms that may be frozen; empty for random init
+        self.body_loaded_keys: Tuple[str, ...] = loaded
+        self.body_pretrained: bool = bool(loaded)
         feature_info: List[dict] = self.body.feature_info.get_dicts(keys=["num_chs", "reduction"])
         levels = [int(round(math.log2(f["reduction"]))) for f in feature_info]
         expected = list(range(min_level, min_level + len(levels)))
@@ -94,6 +76,8 @@ class TimmBiFPNBackbone(nn.Module):
             fpn_cell_repeats=fpn_repeats,
             min_level=min_level,
             max_level=max_level,
+            fpn_name=fusion,
+            act_type=act_type,
         )
         # BiFpn appends to feature_info while building: give it its own copy
         self.fpn = BiFpn(config, [dict(f) for f in feature_info])
@@ -106,11 +90,14 @@ class TimmBiFPNBackbone(nn.Module):
             timm_name=cfg.MODEL.BACKBONE.TIMM_NAME,
             out_indices=tuple(cfg.MODEL.BACKBONE.OUT_INDICES),
             pretrained=cfg.MODEL.BACKBONE.PRETRAINED,
+            drop_path_rate=cfg.MODEL.BACKBONE.DROP_PATH_RATE,
             fpn_channels=cfg.MODEL.BIFPN.CHANNELS,
             fpn_repeats=cfg.MODEL.BIFPN.REPEATS,
             min_level=cfg.MODEL.BIFPN.MIN_LEVEL,
             max_level=cfg.MODEL.BIFPN.MAX_LEVEL,
             image_size=cfg.INPUT.SIZE,
+            fusion=cfg.MODEL.BIFPN.FUSION,
+            act_type=cfg.MODEL.BIFPN.ACT_TYPE,
         )
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
