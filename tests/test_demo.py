@@ -19,7 +19,8 @@ SAMPLE = REPO.parent / "shared" / "data" / "fashionpedia_api_sample"
 REAL_IMAGES = [SAMPLE / "images" / "000000009813.jpg", SAMPLE / "images" / "000000010223.jpg"]
 TINY_OPTS = ["INPUT.SIZE", "128", "MODEL.BIFPN.CHANNELS", "16", "MODEL.BIFPN.REPEATS", "1",
              "MODEL.EFFDET_HEAD.REPEATS", "1", "MODEL.ROI_MASK_HEAD.CONV_DIM", "16",
-             "TEST.SCORE_THRESH", "0.0", "TEST.DETECTIONS_PER_IMAGE", "4"]
+             "TEST.SCORE_THRESH", "0.0", "TEST.DETECTIONS_PER_IMAGE", "4",
+             "MODEL.BACKBONE.PRETRAINED", "", "MODEL.FREEZE_BN", "False"]
 
 
 def _load_demo():

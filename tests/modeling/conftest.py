@@ -1,5 +1,7 @@
 """Fixtures for the model tests: tiny configs and fake mapper outputs built directly as tensors."""
 
+import os
+import tempfile
 from typing import Dict, List, Sequence
 
 import pytest
@@ -56,8 +58,36 @@ def make_inputs(
     return out
 
 
+_FAKE_WEIGHTS: Dict[str, str] = {}
+
+
+def fake_imagenet_weights(timm_name: str) -> str:
+    """A local stand-in for timm's hub weights (unreachable here): a classification state dict of
+    ``timm_name`` with random, non-trivial BatchNorm statistics, written once per session."""
+    if timm_name not in _FAKE_WEIGHTS:
+        import timm
+
+        torch.manual_seed(0)
+        net = timm.create_model(timm_name, pretrained=False)
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.1, 0.1)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+        path = os.path.join(tempfile.mkdtemp(prefix="effdetmask_fake_"), f"{timm_name}.pth")
+        torch.save(net.state_dict(), path)
+        _FAKE_WEIGHTS[timm_name] = path
+    return _FAKE_WEIGHTS[timm_name]
+
+
 def tiny_cfg(config_file: str = "", *opts: str):
-    return setup_cfg(config_file, ["INPUT.SIZE", str(SIZE), *opts])
+    """The config at ``SIZE``; a backbone asking for timm's hub weights gets a local stand-in."""
+    cfg = setup_cfg(config_file, ["INPUT.SIZE", str(SIZE), *opts], freeze=False)
+    if cfg.MODEL.BACKBONE.PRETRAINED == "timm":
+        cfg.MODEL.BACKBONE.PRETRAINED = fake_imagenet_weights(cfg.MODEL.BACKBONE.TIMM_NAME)
+    cfg.freeze()
+    return cfg
 
 
 @pytest.fixture

@@ -79,10 +79,33 @@ def test_frozen_bn_really_freezes():
     assert not any("1." in n or "3." in n for n, _ in frozen.named_parameters())
 
 
-def test_freeze_covers_whole_model(cfg_factory):
+def test_freezing_with_nothing_loaded_is_an_error(cfg_factory):
     from effdetmask.modeling import build_model
-    from effdetmask.modeling.frozen_bn import count_batch_norm
 
-    model = build_model(cfg_factory("", "MODEL.BIFPN.REPEATS", "1"))
-    trainable, frozen = count_batch_norm(model)
-    assert trainable == 0 and frozen > 50
+    cfg = cfg_factory("", "MODEL.BIFPN.REPEATS", "1", "MODEL.FREEZE_BN", "True")
+    with pytest.raises(ValueError, match="identity"):
+        build_model(cfg)
+
+
+def test_only_batch_norms_with_loaded_statistics_are_frozen(cfg_factory):
+    """A pretrained backbone's BatchNorms freeze; the new BiFPN's and heads' train, so the pyramid
+    carries signal (with every BatchNorm frozen at fresh statistics its std was ~1e-4)."""
+    from effdetmask.modeling import build_model
+    from effdetmask.modeling.frozen_bn import count_batch_norm, identity_batch_norms
+
+    from .conftest import fake_imagenet_weights
+
+    weights = fake_imagenet_weights("efficientnet_b0")
+    model = build_model(cfg_factory("", "MODEL.FREEZE_BN", "True",
+                                    "MODEL.BACKBONE.PRETRAINED", weights))
+    body_trainable, body_frozen = count_batch_norm(model.backbone.body)
+    assert body_trainable == 0 and body_frozen == 48  # every BatchNorm of B0's feature stages
+    assert count_batch_norm(model.backbone.fpn)[1] == 0
+    assert count_batch_norm(model.proposal_generator)[1] == 0
+    assert identity_batch_norms(model) == []
+    model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        pyramid = model.backbone(torch.randn(2, 3, 128, 128))
+    stds = {name: float(f.std()) for name, f in pyramid.items()}
+    assert min(stds.values()) > 0.1, stds

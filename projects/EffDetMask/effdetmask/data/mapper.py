@@ -58,7 +58,7 @@ def annotation_to_mask(segmentation: Any, height: int, width: int, out_h: int,
     """Polygons or COCO RLE (in an ``height x width`` image) -> uint8 ``[out_h, out_w]`` 0/1 mask.
 
     Polygons are rasterized directly at the output scale (cheap and exact at any size); RLE is
-    decoded at its own size and resized by nearest neighbour.
+    decoded at its own size and resized by centre-aligned nearest neighbour.
     """
     if isinstance(segmentation, list):
         polys = [np.asarray(p, np.float64) for p in segmentation]
@@ -76,7 +76,9 @@ def annotation_to_mask(segmentation: Any, height: int, width: int, out_h: int,
             rle["counts"] = rle["counts"].encode("ascii")
         mask = mask_util.decode(rle)
         if mask.shape != (out_h, out_w):
-            mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+            # centre-aligned nearest: INTER_NEAREST samples pixel corners, shifting the mask by
+            # about half an input pixel against the (centre-aligned) INTER_AREA image
+            mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
         return mask
     raise ValueError(f"unsupported segmentation type {type(segmentation).__name__}")
 

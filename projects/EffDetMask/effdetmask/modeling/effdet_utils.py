@@ -38,8 +38,13 @@ def make_effdet_config(
     num_scales: int = 3,
     aspect_ratios: Sequence[Sequence[float]] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4)),
     anchor_scale: float = 4.0,
+    fpn_name: str = "bifpn_fa",
+    act_type: str = "swish",
 ) -> DictConfig:
-    """effdet config for our fixed square input; effdet's classes count excludes the background."""
+    """effdet config for our fixed square input; effdet's classes count excludes the background.
+
+    ``fpn_name`` is effdet's BiFPN fusion ("bifpn_fa" fast normalised, "bifpn_sum" for the Lite
+    models); ``act_type`` the activation of BiFPN and heads ("swish", "relu6" for Lite)."""
     config = get_efficientdet_config("efficientdet_d0")
     set_config_writeable(config)
     config.image_size = (int(image_size), int(image_size))
@@ -53,6 +58,8 @@ def make_effdet_config(
     config.num_scales = int(num_scales)
     config.aspect_ratios = [tuple(float(v) for v in ar) for ar in aspect_ratios]
     config.anchor_scale = float(anchor_scale)
+    config.fpn_name = str(fpn_name)
+    config.act_type = str(act_type)
     return config
 
 

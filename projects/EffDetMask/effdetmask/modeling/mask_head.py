@@ -11,7 +11,6 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou, roi_align
 
 from .effdet_utils import ShapeSpec
@@ -22,6 +21,7 @@ from .roi_pool import MultiLevelRoIAlign
 __all__ = [
     "MaskRCNNConvUpsampleHead",
     "select_training_rois",
+    "jitter_boxes",
     "mask_rcnn_targets",
     "mask_rcnn_loss",
     "paste_masks_in_image",
@@ -48,6 +48,8 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         sampling_ratio: int = 2,
         conv_dim: int = 256,
         num_conv: int = 4,
+        canonical_box_size: float = 64.0,
+        canonical_level: int = 4,
     ) -> None:
         super().__init__()
         self.in_features = [f"p{lvl}" for lvl in in_levels]
@@ -57,11 +59,12 @@ class MaskRCNNConvUpsampleHead(nn.Module):
                 f"ROI_MASK_HEAD.IN_LEVELS {list(in_levels)} needs {missing}; the backbone gives "
                 f"{sorted(input_shape)}"
             )
-        # torchvision's pooler maps a box to level floor(4 + log2(sqrt(area) / 224)), clamped to the
-        # given levels: the canonical FPN assignment of the Mask R-CNN paper
+        # a box pools from level floor(canonical_level + log2(sqrt(area) / canonical_box_size)),
+        # clamped to the given levels: the FPN assignment of the Mask R-CNN paper, rescaled
         self.pooler = MultiLevelRoIAlign(
             strides=[input_shape[n].stride for n in self.in_features],
             output_size=pooler_resolution, sampling_ratio=sampling_ratio,
+            canonical_box_size=canonical_box_size, canonical_level=canonical_level,
         )
         self.image_size = image_size
         in_ch = input_shape[self.in_features[0]].channels
@@ -92,6 +95,8 @@ class MaskRCNNConvUpsampleHead(nn.Module):
             sampling_ratio=head.POOLER_SAMPLING_RATIO,
             conv_dim=head.CONV_DIM,
             num_conv=head.NUM_CONV,
+            canonical_box_size=head.CANONICAL_BOX_FRACTION * cfg.INPUT.SIZE,
+            canonical_level=head.CANONICAL_LEVEL,
         )
 
     def forward(
@@ -126,6 +131,19 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         ].to(x.dtype)[:, None, None]
 
 
+def jitter_boxes(boxes_xyxy: torch.Tensor, copies: int, std: float) -> torch.Tensor:
+    """``copies`` randomly shifted versions of each ``[N, 4]`` box: every edge moves by a normal
+    offset of ``std`` times the box's width (x edges) or height (y edges). Returns
+    ``[N * copies, 4]``, boxes at least 1 px wide and high, not left of or above 0."""
+    if copies <= 0 or boxes_xyxy.numel() == 0:
+        return boxes_xyxy.new_zeros(0, 4)
+    size = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).repeat(1, 2)  # [N, 4]: w, h, w, h
+    noise = torch.randn(copies, *boxes_xyxy.shape, device=boxes_xyxy.device,
+                        dtype=boxes_xyxy.dtype)
+    out = (boxes_xyxy + noise * std * size).reshape(-1, 4).clamp(min=0)
+    return torch.cat([out[:, :2], torch.maximum(out[:, 2:], out[:, :2] + 1)], dim=1)
+
+
 def select_training_rois(
     detections: List[Dict[str, torch.Tensor]],
     targets: List[Dict[str, torch.Tensor]],
@@ -133,27 +151,33 @@ def select_training_rois(
     score_thresh: float = 0.3,
     iou_thresh: float = 0.5,
     batch_size_per_image: int = 64,
+    jitter_copies: int = 2,
+    jitter_std: float = 0.1,
 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """Training RoIs: detections above ``score_thresh`` plus the GT boxes, positives only.
+    """Training RoIs: detections above ``score_thresh``, the GT boxes and ``jitter_copies``
+    jittered copies of each GT box (:func:`jitter_boxes`), positives only.
 
+    Early in training no detection passes the threshold, so exact GT boxes alone would train the
+    head on RoIs unlike the detections it sees at test time; the jittered copies close that gap.
     A RoI is positive when its best IoU with a GT box is ``>= iou_thresh`` (the GT boxes always
-    are); at most ``batch_size_per_image`` positives are sampled at random per image.
+    are) and is matched to that box; at most ``batch_size_per_image`` positives are sampled at
+    random per image.
 
     Returns:
         per image ``rois_xyxy`` float ``[M_i, 4]`` (input pixels, detached) and ``matched`` int64
         ``[M_i]`` (index of the matched GT instance).
     """
-    matcher = Matcher(iou_thresh, iou_thresh, allow_low_quality_matches=False)
     rois, matched = [], []
     for det, tgt in zip(detections, targets):
         gt = tgt["boxes"].to(det["boxes"].dtype)
-        cand = torch.cat([det["boxes"][det["scores"] > score_thresh].detach(), gt])
+        cand = torch.cat([det["boxes"][det["scores"] > score_thresh].detach(), gt,
+                          jitter_boxes(gt, jitter_copies, jitter_std)])
         if gt.numel() == 0:
             rois.append(cand.new_zeros(0, 4))
             matched.append(torch.zeros(0, dtype=torch.long, device=cand.device))
             continue
-        idx = matcher(box_iou(gt, cand))  # [M]: GT index, or < 0 below the threshold
-        pos = torch.nonzero(idx >= 0).squeeze(1)
+        best_iou, idx = box_iou(gt, cand).max(dim=0)  # per candidate: best GT
+        pos = torch.nonzero(best_iou >= iou_thresh).squeeze(1)
         if pos.numel() > batch_size_per_image:
             perm = torch.randperm(pos.numel(), device=pos.device)[:batch_size_per_image]
             pos = pos[perm]

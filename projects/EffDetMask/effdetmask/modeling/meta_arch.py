@@ -70,6 +70,8 @@ class EffDetMask(nn.Module):
         mask_train_score_thresh: float = 0.3,
         mask_iou_thresh: float = 0.5,
         mask_batch_size_per_image: int = 64,
+        mask_gt_jitter_copies: int = 2,
+        mask_gt_jitter_std: float = 0.1,
         mask_loss_weight: float = 1.0,
         mask_threshold: float = 0.5,
         score_thresh: float = 0.05,
@@ -84,7 +86,8 @@ class EffDetMask(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
         self.roi_kwargs = dict(score_thresh=mask_train_score_thresh, iou_thresh=mask_iou_thresh,
-                               batch_size_per_image=mask_batch_size_per_image)
+                               batch_size_per_image=mask_batch_size_per_image,
+                               jitter_copies=mask_gt_jitter_copies, jitter_std=mask_gt_jitter_std)
         self.mask_loss_weight = mask_loss_weight
         self.mask_threshold = mask_threshold
         self.score_thresh = score_thresh
@@ -111,6 +114,8 @@ class EffDetMask(nn.Module):
             mask_train_score_thresh=head.TRAIN_SCORE_THRESH,
             mask_iou_thresh=head.IOU_THRESH,
             mask_batch_size_per_image=head.BATCH_SIZE_PER_IMAGE,
+            mask_gt_jitter_copies=head.GT_JITTER_COPIES,
+            mask_gt_jitter_std=head.GT_JITTER_STD,
             mask_loss_weight=head.LOSS_WEIGHT,
             mask_threshold=head.MASK_THRESHOLD,
             score_thresh=cfg.TEST.SCORE_THRESH,

@@ -145,6 +145,7 @@ class EfficientDetProposalGenerator(nn.Module):
         pre_nms_topk: int = 5000,
         nms_thresh: float = 0.5,
         max_detections: int = 100,
+        act_type: str = "swish",
     ) -> None:
         super().__init__()
         self.in_features = sorted(input_shape, key=lambda n: input_shape[n].stride)
@@ -156,6 +157,7 @@ class EfficientDetProposalGenerator(nn.Module):
             image_size=image_size, num_classes=num_classes, fpn_channels=channels.pop(),
             box_class_repeats=repeats, min_level=levels[0], max_level=levels[-1],
             num_scales=num_scales, aspect_ratios=aspect_ratios, anchor_scale=anchor_scale,
+            act_type=act_type,
         )
         self.class_net = HeadNet(config, num_outputs=num_classes)
         self.box_net = HeadNet(config, num_outputs=4)
@@ -192,6 +194,7 @@ class EfficientDetProposalGenerator(nn.Module):
             pre_nms_topk=head.PRE_NMS_TOPK,
             nms_thresh=head.NMS_THRESH,
             max_detections=head.MAX_DETECTIONS,
+            act_type=cfg.MODEL.BIFPN.ACT_TYPE,
         )
 
     def forward(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Set
 
 import torch
 import torch.nn as nn
@@ -52,7 +52,8 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
 
 
 def _check_and_load(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
-                    expected: List[str], allow_unexpected: bool = False) -> None:
+                    expected: List[str], allow_unexpected: bool = False) -> List[str]:
+    """Load ``state`` into ``model`` after checking keys and shapes; returns the keys assigned."""
     own = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith(_IGNORED_SUFFIX)]
     unexpected = [k for k in state if k not in own and not k.endswith(_IGNORED_SUFFIX)]
@@ -68,21 +69,57 @@ def _check_and_load(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
     if problems:
         name = type(model).__name__
         raise RuntimeError(f"cannot load {path} into {name}: " + "; ".join(problems))
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    assigned = {k: v for k, v in state.items() if k in own}
+    model.load_state_dict(assigned, strict=False)
+    return list(assigned)
 
 
-def load_checkpoint(model: nn.Module, path: str) -> None:
-    """Load one of our checkpoints (MODEL.WEIGHTS) strictly (up to ``num_batches_tracked``)."""
+def load_checkpoint(model: nn.Module, path: str) -> List[str]:
+    """Load one of our checkpoints (MODEL.WEIGHTS) strictly (up to ``num_batches_tracked``);
+    returns the state-dict keys assigned."""
     state = read_state_dict(path)
-    _check_and_load(model, state, path, expected=list(model.state_dict()))
+    keys = _check_and_load(model, state, path, expected=list(model.state_dict()))
     logger.info("loaded %d tensors from %s", len(state), path)
+    return keys
 
 
-def load_effdet_checkpoint(model: nn.Module, path: str, prior_prob: float = 0.01) -> None:
+def _fold_redundant_biases(state: Dict[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+                           path: str) -> Dict[str, torch.Tensor]:
+    """Fold the conv biases of effdet's TF-ported checkpoints into the BatchNorm after each conv.
+
+    ``tf_efficientdet_*`` models keep a bias on every conv that a BatchNorm follows
+    (``redundant_bias``); ours have none. ``BN(conv(x) + b)`` equals ``BN'(conv(x))`` with
+    ``running_mean' = running_mean - b``, so the bias moves into the statistics exactly. The BN is
+    ``<conv's parent>.bn`` in BiFPN blocks, and ``bn_rep.<repeat>.<level>.bn`` (one per level) for
+    ``<head>.conv_rep.<repeat>`` convs.
+    """
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".bias") and k not in own]:
+        parent = key.rsplit(".", 2)[0]  # "<...>.conv.conv_pw.bias" -> "<...>.conv"
+        head, _, repeat = parent.rpartition(".conv_rep.")
+        if head:
+            bn_means = [k for k in state if k.startswith(f"{head}.bn_rep.{repeat}.")
+                        and k.endswith(".running_mean")]
+        else:
+            bn_means = [f"{parent}.bn.running_mean"]
+        if not bn_means or any(k not in state for k in bn_means):
+            raise RuntimeError(f"cannot load {path}: {key!r} is a conv bias with no BatchNorm "
+                               "after it to fold it into")
+        bias = out.pop(key)
+        for mean_key in bn_means:
+            out[mean_key] = state[mean_key] - bias
+    return out
+
+
+def load_effdet_checkpoint(model: nn.Module, path: str, prior_prob: float = 0.01) -> List[str]:
     """Load an effdet ``EfficientDet`` state dict (e.g. COCO d0) into an EffDetMask model.
 
-    The backbone, BiFPN and box head are kept; the class head is re-initialised for our classes
-    with the focal prior bias (as effdet's ``reset_head`` does); the mask head keeps its init.
+    Both checkpoint families load: ``efficientdet_*`` (PyTorch-native) and ``tf_efficientdet_*``
+    (TF-ported; their redundant conv biases are folded into the following BatchNorm, exact). For
+    the TF family pick the matching backbone (``MODEL.BACKBONE.TIMM_NAME tf_efficientnet_b0``):
+    its TF "same" padding is part of the backbone, not of the weights. The backbone, BiFPN and box
+    head are kept; the class head is re-initialised for our classes with the focal prior bias (as
+    effdet's ``reset_head`` does); the mask head keeps its init. Returns the keys assigned.
     """
     raw = read_state_dict(path)
     state = {}
@@ -95,19 +132,26 @@ def load_effdet_checkpoint(model: nn.Module, path: str, prior_prob: float = 0.01
             if not key.startswith("class_net."):
                 raise RuntimeError(f"cannot load {path}: {key!r} is not an effdet EfficientDet key")
     own = model.state_dict()
+    state = _fold_redundant_biases(state, own, path)
     expected = [k for k in own if k.startswith(tuple(_EFFDET_PREFIXES.values()))]
-    _check_and_load(model, state, path, expected=expected)
+    keys = _check_and_load(model, state, path, expected=expected)
     class_net = model.proposal_generator.class_net
     init_effdet_weights(class_net, "class_net")
     set_prior_bias(class_net, prior_prob)
     logger.info("loaded effdet backbone, BiFPN and box head from %s; class head reset", path)
+    return keys
 
 
-def load_weights(model: nn.Module, cfg) -> nn.Module:
-    """Apply MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT (EffDetMask only), then MODEL.WEIGHTS."""
+def load_weights(model: nn.Module, cfg) -> Set[str]:
+    """Apply MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT (EffDetMask only), then MODEL.WEIGHTS.
+
+    Returns the state-dict keys the files assigned (what :func:`freeze_loaded_batch_norms` may
+    freeze)."""
+    loaded: Set[str] = set()
     effdet_ckpt = cfg.MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT
     if effdet_ckpt and cfg.MODEL.META_ARCHITECTURE == "EffDetMask":
-        load_effdet_checkpoint(model, effdet_ckpt, prior_prob=cfg.MODEL.EFFDET_HEAD.PRIOR_PROB)
+        loaded.update(load_effdet_checkpoint(model, effdet_ckpt,
+                                             prior_prob=cfg.MODEL.EFFDET_HEAD.PRIOR_PROB))
     if cfg.MODEL.WEIGHTS:
-        load_checkpoint(model, cfg.MODEL.WEIGHTS)
-    return model
+        loaded.update(load_checkpoint(model, cfg.MODEL.WEIGHTS))
+    return loaded
