@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List
 
 import torch
 
-from effdetmask.config import setup_cfg
+from effdetmask.config import RANDOM_INIT_OPTS, setup_cfg
 from effdetmask.modeling import build_model
 from effdetmask.modeling.inference import inference_context
 from effdetmask.modeling.meta_arch import normalize_images
@@ -39,7 +39,8 @@ from effdetmask.utils.timing import time_callables
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CONFIGS = {"d0": "configs/effdet_d0.yaml", "d0_fast": "configs/effdet_d0_fast.yaml",
            "d1": "configs/effdet_d1.yaml", "d2": "configs/effdet_d2.yaml",
-           "baseline": "configs/mask_rcnn_R_50_FPN.yaml"}
+           "lite0": "configs/effdet_lite0.yaml", "lite1": "configs/effdet_lite1.yaml",
+           "lite2": "configs/effdet_lite2.yaml", "baseline": "configs/mask_rcnn_R_50_FPN.yaml"}
 logger = logging.getLogger("bench_inference")
 
 
@@ -52,7 +53,7 @@ def make_batch(batch_size: int, size: int, orig: int, seed: int = 0) -> List[Dic
 
 
 def model_opts(args: argparse.Namespace, name: str, device: str) -> List[str]:
-    opts = ["INPUT.SIZE", str(args.size), "MODEL.DEVICE", device]
+    opts = [*RANDOM_INIT_OPTS, "INPUT.SIZE", str(args.size), "MODEL.DEVICE", device]
     if args.detections > 0:
         n = str(args.detections)
         opts += ["TEST.SCORE_THRESH", "0.0", "TEST.DETECTIONS_PER_IMAGE", n]

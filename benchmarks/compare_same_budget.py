@@ -27,6 +27,7 @@ COMMON = ["INPUT.SIZE", "256", "DATASETS.SYNTH.NUM_TRAIN", "200", "DATASETS.SYNT
           "DATASETS.SYNTH.IMAGE_SIZE", "256", "SOLVER.IMS_PER_BATCH", "8",
           "SOLVER.ACCUMULATE_GRAD_BATCHES", "1", "SOLVER.MAX_ITER", "1000000",
           "SOLVER.CHECKPOINT_PERIOD", "1000000", "MODEL.FREEZE_BN", "False",
+          "MODEL.BACKBONE.PRETRAINED", "",
           "TEST.IMS_PER_BATCH", "8", "TEST.VIS_IMAGES", "0", "DATALOADER.NUM_WORKERS", "1"]
 MODELS = {
     "effdet_d0": (REPO / "configs" / "quick_schedules" / "effdet_d0_synth_cpu.yaml", []),

@@ -22,7 +22,7 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 
-from effdetmask.config import setup_cfg
+from effdetmask.config import RANDOM_INIT_OPTS, setup_cfg
 from effdetmask.modeling import build_model
 from effdetmask.modeling.inference import inference_context
 from effdetmask.modeling.meta_arch import normalize_images
@@ -35,7 +35,7 @@ from bench_inference import CONFIGS, ROOT, make_batch  # noqa: E402
 
 def stage_fns(args: argparse.Namespace) -> Dict[str, Any]:
     n = str(args.detections)
-    fixed = ["INPUT.SIZE", str(args.size), "TEST.SCORE_THRESH", "0.0",
+    fixed = [*RANDOM_INIT_OPTS, "INPUT.SIZE", str(args.size), "TEST.SCORE_THRESH", "0.0",
              "TEST.DETECTIONS_PER_IMAGE", n]
     cfg = setup_cfg(os.path.join(ROOT, CONFIGS[args.model]),
                     fixed + ["MODEL.EFFDET_HEAD.MAX_DETECTIONS", n, *args.opts])

@@ -7,7 +7,7 @@
 import argparse
 import logging
 
-from effdetmask.config import setup_cfg
+from effdetmask.config import RANDOM_INIT_OPTS, setup_cfg
 from effdetmask.modeling import build_model
 from effdetmask.utils.model_summary import format_summary, summarize_model
 
@@ -21,7 +21,8 @@ def main() -> None:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = setup_cfg(args.config_file, args.opts)
+    # sizes and FLOPs do not depend on the weights: build untrained, offline
+    cfg = setup_cfg(args.config_file, [*RANDOM_INIT_OPTS, *args.opts])
     model = build_model(cfg, device="cpu")
     summary = summarize_model(model, cfg.INPUT.SIZE, flops=not args.no_flops)
     print(format_summary(args.config_file, summary))

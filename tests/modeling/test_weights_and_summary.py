@@ -130,3 +130,23 @@ def test_both_effdet_checkpoint_families_load_exactly(tmp_path, cfg_factory, fam
         _, got_boxes = model.proposal_generator.head_outputs(features)
     for got, want in zip(got_boxes, want_boxes):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_model_weights_skip_the_backbone_download(tmp_path, monkeypatch):
+    """A config that starts from the hub's ImageNet weights evaluates / predicts / exports
+    offline from MODEL.WEIGHTS: those replace every tensor, so nothing is fetched first."""
+    from effdetmask.config import setup_cfg
+
+    from .conftest import SIZE
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any hub access would fail at once
+    opts = ["INPUT.SIZE", str(SIZE), *SMALL]
+    trained = build_model(setup_cfg(D0, [*opts, "MODEL.BACKBONE.PRETRAINED", "",
+                                         "MODEL.FREEZE_BN", "False"]))
+    path = tmp_path / "model_final.pth"
+    torch.save(trained.state_dict(), path)
+    assert setup_cfg(D0).MODEL.BACKBONE.PRETRAINED == "timm"
+    loaded = build_model(setup_cfg(D0, [*opts, "MODEL.WEIGHTS", str(path)]))
+    assert _same(trained, loaded)
+    with pytest.raises(Exception, match="package"):  # the hub is named as unreachable
+        build_model(setup_cfg(D0, opts))

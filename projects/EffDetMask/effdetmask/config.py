@@ -12,7 +12,13 @@ from typing import Iterable, Sequence
 
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
-__all__ = ["CfgNode", "get_cfg", "add_effdetmask_config", "setup_cfg", "ConfigError"]
+__all__ = ["CfgNode", "get_cfg", "add_effdetmask_config", "setup_cfg", "ConfigError",
+           "RANDOM_INIT_OPTS"]
+
+# Overrides for measuring an *untrained* model of any config (size, FLOPs, speed: none depends on
+# the weights, and inference builds fold every BatchNorm either way): no pretrained download, every
+# BatchNorm trainable, so configs that start from the hub's weights build offline.
+RANDOM_INIT_OPTS = ("MODEL.BACKBONE.PRETRAINED", "", "MODEL.FREEZE_BN", "False")
 
 
 class ConfigError(ValueError):

@@ -89,7 +89,9 @@ class TimmBiFPNBackbone(nn.Module):
         return dict(
             timm_name=cfg.MODEL.BACKBONE.TIMM_NAME,
             out_indices=tuple(cfg.MODEL.BACKBONE.OUT_INDICES),
-            pretrained=cfg.MODEL.BACKBONE.PRETRAINED,
+            # MODEL.WEIGHTS replaces every tensor: loading (or downloading) ImageNet weights
+            # first would be wasted, and would fail offline for eval/demo/export
+            pretrained="" if cfg.MODEL.WEIGHTS else cfg.MODEL.BACKBONE.PRETRAINED,
             drop_path_rate=cfg.MODEL.BACKBONE.DROP_PATH_RATE,
             fpn_channels=cfg.MODEL.BIFPN.CHANNELS,
             fpn_repeats=cfg.MODEL.BIFPN.REPEATS,

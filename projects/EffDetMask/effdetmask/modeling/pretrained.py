@@ -321,12 +321,18 @@ def create_timm_features_and_keys(
     The keys are empty for random init; otherwise they cover the whole model (an incomplete
     file is an error), including every BatchNorm's running statistics.
     """
+    extra = {}
+    if pretrained == "package" and not timm_name.startswith("tf_"):
+        # the packages hold TensorFlow-trained weights: their BatchNorm statistics go with eps
+        # 1e-3 (timm's tf_ variants use it; the PyTorch-padded ones default to 1e-5)
+        extra["bn_eps"] = 1e-3
     model = timm.create_model(
         timm_name,
         pretrained=False,
         features_only=True,
         out_indices=tuple(out_indices),
         drop_path_rate=drop_path_rate,
+        **extra,
     )
     state = load_pretrained_state_dict(timm_name, pretrained)
     if state is None:
