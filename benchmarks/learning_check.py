@@ -7,8 +7,8 @@ size, evaluated the same way (COCO box and mask AP, percent); only the model (an
 differs. Each (model, seed) is one ``train_net`` run; the table gives mean and spread over seeds.
 
     # per-step learning check, both from random init (the baseline has no offline ImageNet start)
-    python benchmarks/learning_check.py --models d0 baseline --seeds 0 1 2 --steps 40 \
-        --size 128 --output benchmarks/results/learning_check_cpu.json
+    python benchmarks/learning_check.py --data synth_fit --models d0 baseline --seeds 0 1 2 \
+        --steps 100 --size 128 --batch 4 --output benchmarks/results/learning_check_cpu.json
     # pretrained against random, same budget, on the generated data and on the real sample
     python benchmarks/learning_check.py --models lite0 lite0_random --seeds 0 1 2 --steps 150 \
         --output benchmarks/results/pretrained_vs_random_synth_cpu.json
@@ -47,6 +47,11 @@ DATA = {
     "synth": ["DATASETS.SYNTH.NUM_TRAIN", "200", "DATASETS.SYNTH.NUM_VAL", "40",
               "DATASETS.TRAIN", "('fashion_synth_train',)", "DATASETS.TEST",
               "('fashion_synth_val',)"],
+    # 8 generated images, trained and evaluated on: how fast each model fits (AP moves early)
+    "synth_fit": ["DATASETS.SYNTH.NUM_TRAIN", "8", "DATASETS.SYNTH.NUM_VAL", "8",
+                  "DATASETS.TRAIN", "('fashion_synth_train',)", "DATASETS.TEST",
+                  "('fashion_synth_train',)", "INPUT.HFLIP_PROB", "0.0",
+                  "INPUT.GRAYSCALE_PROB", "0.0"],
     # the 3 real sample photos (../shared/data), trained and evaluated on: fitting speed
     "real": ["DATASETS.ROOT", str(REPO.parent / "shared" / "data"), "DATASETS.TRAIN",
              "('fashionpedia_api_sample', 'imat2020_sample')", "DATASETS.TEST",

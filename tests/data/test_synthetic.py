@@ -34,13 +34,34 @@ def test_deterministic_and_cached(synth, tmp_path):
     assert val["annotations"] != json.load(open(path))["annotations"]  # splits differ
 
 
-def test_regenerates_when_parameters_change(tmp_path):
+def test_other_parameters_never_replace_a_split_in_use(tmp_path):
+    """Two runs with different DATASETS.SYNTH parameters each get their own folder: the first
+    run's images stay readable while the second generates (they were once replaced in place)."""
     path = ensure_fashion_synth(str(tmp_path), "train", 3, 96, seed=0)
+    images = sorted(os.listdir(os.path.dirname(path)))
     path2 = ensure_fashion_synth(str(tmp_path), "train", 4, 96, seed=0)
-    data = json.load(open(path2))
-    assert path == path2 and len(data["images"]) == 4
-    assert data["info"]["generator"]["num_images"] == 4
+    assert path2 != path and len(json.load(open(path2))["images"]) == 4
+    assert json.load(open(path))["info"]["generator"]["num_images"] == 3
+    assert sorted(os.listdir(os.path.dirname(path))) == images
     assert not [n for n in os.listdir(os.path.join(str(tmp_path), "fashion_synth")) if ".tmp" in n]
+
+
+def test_interrupted_build_is_cleaned_and_concurrent_builders_share_one_split(tmp_path):
+    import multiprocessing
+
+    from effdetmask.data.synthetic import synth_split_dir
+
+    final = synth_split_dir(str(tmp_path), "val", 3, 96, 1)
+    os.makedirs(final + "_unrelated")  # another parameter set: must survive
+    leftover = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-killed")
+    os.makedirs(leftover)  # what a killed build leaves
+    os.makedirs(final)  # a half-written split without its JSON
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        paths = pool.starmap(ensure_fashion_synth, [(str(tmp_path), "val", 3, 96, 1)] * 2)
+    assert paths[0] == paths[1] and os.path.isfile(paths[0])
+    assert not os.path.exists(leftover) and os.path.isdir(final + "_unrelated")
+    assert len(json.load(open(paths[0]))["images"]) == 3
 
 
 def test_valid_fashionpedia_format(synth):

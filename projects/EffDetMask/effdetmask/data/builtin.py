@@ -7,7 +7,8 @@ Layout under the dataset root (``DATASETS.ROOT``, else ``$EFFDETMASK_DATASETS``,
   {train,val}2020.json`` -> ``fashionpedia_train`` / ``fashionpedia_val`` (the official val images
   live in the ``test`` folder).
 * ``imaterialist2020/train.csv`` + ``train/`` + ``label_descriptions.json`` -> ``imat2020_train``.
-* ``fashion_synth/{train,val}/`` -> ``fashion_synth_train`` / ``fashion_synth_val``, generated on
+* ``fashion_synth/{train,val}_n<images>_s<size>_seed<seed>/`` -> ``fashion_synth_train`` /
+  ``fashion_synth_val`` (the folder of DATASETS.SYNTH's parameters), generated on
   first use by ``effdetmask.data.synthetic.ensure_fashion_synth`` (the embedded default data).
 * the layout of the small real sample shipped beside this project (``../shared/data``; set
   ``DATASETS.ROOT`` to it): ``fashionpedia_api_sample/{sample.json,images/}`` ->

@@ -9,13 +9,16 @@ drawn independently of the class, the background has gradients and garment-like 
 figures occlude each other, so a model has to learn shape and context. Attributes are real
 sparse ids that match what is drawn (pattern, sleeve length, neckline type, skirt length, "jeans").
 
-Layout: ``root/fashion_synth/<split>/instances_attributes.json`` with the JPEGs next to it
+Layout: ``root/fashion_synth/<split>_n<images>_s<size>_seed<seed>/instances_attributes.json``
+(one folder per parameter set, see :func:`synth_split_dir`) with the JPEGs next to it
 (``file_name`` is relative to the JSON's folder). Masks are polygons when fully visible and inside
 the image, else compressed COCO RLE; ``bbox``/``area`` come from the mask as pycocotools decodes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -339,35 +342,66 @@ def _params(split: str, num_images: int, image_size: int, seed: int) -> Dict[str
                 seed=int(seed), version=GENERATOR_VERSION)
 
 
-def ensure_fashion_synth(root: str, split: str, num_images: int, image_size: int,
-                         seed: int) -> str:
-    """Return ``root/fashion_synth/<split>/instances_attributes.json``, generating it when needed.
+def synth_split_dir(root: str, split: str, num_images: int, image_size: int, seed: int) -> str:
+    """The folder of one generated split: its parameters are part of its name, so splits made
+    with other parameters (another run's config) live beside it and never replace it."""
+    key = f"{split}_n{int(num_images)}_s{int(image_size)}_seed{int(seed)}"
+    return os.path.join(root, "fashion_synth", key)
 
-    The split is (re)generated when missing or when its stored parameters differ from these. It is
-    built in a temporary folder and renamed into place, so an interrupted run never leaves a
-    half-written split that looks finished; concurrent callers each build and the last rename wins.
-    Images lie next to the JSON (``image_root = os.path.dirname(json_path)``).
-    """
-    base = os.path.join(root, "fashion_synth")
-    final = os.path.join(base, split)
-    path = os.path.join(final, JSON_NAME)
-    want = _params(split, num_images, image_size, seed)
+
+def _is_complete(path: str, want: Dict[str, Any]) -> bool:
     try:
         with open(path) as f:
-            if json.load(f).get("info", {}).get("generator") == want:
-                return path
+            return json.load(f).get("info", {}).get("generator") == want
     except (OSError, ValueError):
-        pass
+        return False
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+    """Holds an exclusive lock on ``lock_path``: concurrent builders of one split wait here."""
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_fashion_synth(root: str, split: str, num_images: int, image_size: int,
+                         seed: int) -> str:
+    """Return the split's ``instances_attributes.json`` (in :func:`synth_split_dir`), generating
+    it when missing.
+
+    A split is never deleted or replaced once complete, so a run can read it while others
+    generate splits of other parameters. It is built in a temporary folder and renamed into
+    place under a lock: an interrupted build never leaves a half-written split that looks
+    finished (its leftovers are removed by the next build), and a second builder of the same
+    split waits for the first and then uses its result. Images lie next to the JSON
+    (``image_root = os.path.dirname(json_path)``).
+    """
+    final = synth_split_dir(root, split, num_images, image_size, seed)
+    path = os.path.join(final, JSON_NAME)
+    want = _params(split, num_images, image_size, seed)
+    if _is_complete(path, want):
+        return path
+    base, key = os.path.split(final)
     os.makedirs(base, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=base)
-    try:
-        generate_fashion_synth(tmp, split, num_images, image_size, seed)
+    with _exclusive(final + ".lock"):
+        if _is_complete(path, want):  # another process built it while we waited
+            return path
+        # under the lock nobody else builds this split: what lies here is a killed build's
+        stale = [n for n in os.listdir(base) if n.startswith(f".{key}.tmp-")]
         if os.path.isdir(final):
-            old = tempfile.mkdtemp(prefix=f".{split}.old-", dir=base)
-            os.replace(final, os.path.join(old, split))
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            stale.append(key)
+        for name in stale:
+            logger.info("removing %s, left by an interrupted build", os.path.join(base, name))
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=base)
+        try:
+            generate_fashion_synth(tmp, split, num_images, image_size, seed)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path
