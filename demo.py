@@ -3,7 +3,7 @@
 
     python demo.py --config-file configs/effdet_d0.yaml --input IMG_OR_DIR [IMG ...] \\
         --output OUT_DIR [--confidence-threshold 0.3] [--panel] [--ground-truth JSON ...] \\
-        [--max-size 1280] [KEY VALUE ...]        (e.g. MODEL.WEIGHTS output/model_final.pth)
+        [--max-size 1280] [KEY VALUE ...]  (e.g. MODEL.WEIGHTS output/model_final.safetensors)
 
 Per image: ``<name>_overlay.png`` (masks, boxes, labels); with --panel ``<name>_panel.png`` (one
 cell per instance); for images a --ground-truth JSON annotates, ``<name>_gt.png`` (annotations
@@ -28,6 +28,7 @@ import torch
 from effdetmask.config import setup_cfg
 from effdetmask.data.fashionpedia import load_fashionpedia_json
 from effdetmask.data.taxonomy import class_colors, class_names, fashionpedia_metadata
+from effdetmask.engine.defaults import check_device
 from effdetmask.evaluation.coco_evaluator import instances_to_coco_json
 from effdetmask.predictor import BatchPredictor, load_images_rgb
 from effdetmask.vis import Visualizer
@@ -115,6 +116,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.confidence_threshold is not None:
         opts += ["TEST.SCORE_THRESH", str(args.confidence_threshold)]
     cfg = setup_cfg(args.config_file, opts)
+    try:
+        check_device(cfg.MODEL.DEVICE)
+    except ValueError as e:
+        parser.error(str(e))
     if cfg.SEED >= 0:
         torch.manual_seed(cfg.SEED)  # random-weight runs (no MODEL.WEIGHTS) draw the same PNGs
     # RLE keeps memory at a few KB per instance even on a 3676x5214 photo

@@ -41,7 +41,7 @@ def _run_one(name: str, args: argparse.Namespace) -> Dict[str, object]:
     from effdetmask.config import setup_cfg
     from effdetmask.engine.benchmark import benchmark_row
     from effdetmask.engine.defaults import LaunchSpec
-    from effdetmask.engine.trainer import train
+    from effdetmask.engine.trainer import FINAL_WEIGHTS, train
 
     config, own = MODELS[name]
     out_dir = os.path.join(args.output_dir, name)
@@ -56,7 +56,7 @@ def _run_one(name: str, args: argparse.Namespace) -> Dict[str, object]:
     steps = _last_step(out_dir)
     eval_cfg = cfg.clone()
     eval_cfg.defrost()
-    eval_cfg.MODEL.WEIGHTS = os.path.join(out_dir, "model_final.pth")
+    eval_cfg.MODEL.WEIGHTS = os.path.join(out_dir, FINAL_WEIGHTS)
     eval_cfg.MODEL.DEVICE = "cuda" if args.num_gpus else "cpu"
     row = benchmark_row(eval_cfg, results)
     row.update({"model": name, "train_budget_s": args.seconds, "train_wall_s": wall,

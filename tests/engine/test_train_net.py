@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "quick_schedules" / "effdet_d0_tiny_test.yaml")
 TINY_BASELINE = str(REPO / "configs" / "quick_schedules" / "mask_rcnn_tiny_test.yaml")
+FINAL = "model_final.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,12 @@ def _run(cmd, timeout=300):
 
 
 def _state_dict(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_file(str(path), device="cpu")
+
+
+def _train_rows(out):
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["phase"] == "train"]
 
 
 def test_train_writes_the_run_directory_and_eval_only_benchmarks(tmp_path, data_root):
@@ -61,7 +68,7 @@ def test_train_writes_the_run_directory_and_eval_only_benchmarks(tmp_path, data_
         "config.yaml",
         "env.txt",
         "metrics.jsonl",
-        "model_final.pth",
+        FINAL,
         "eval_results.json",
         "checkpoints/last.ckpt",
         "checkpoints/step0000002.ckpt",
@@ -81,7 +88,7 @@ def test_train_writes_the_run_directory_and_eval_only_benchmarks(tmp_path, data_
     eval_out = tmp_path / "eval"
     proc = _run(
         _cmd(TINY, eval_out, data_root, "--eval-only")
-        + ["MODEL.WEIGHTS", str(out / "model_final.pth")]
+        + ["MODEL.WEIGHTS", str(out / FINAL)]
     )
     row = json.loads((eval_out / "benchmark.json").read_text())
     for key in [
@@ -104,7 +111,7 @@ def test_train_writes_the_run_directory_and_eval_only_benchmarks(tmp_path, data_
 def test_baseline_trains_through_the_same_engine(tmp_path, data_root):
     out = tmp_path / "baseline"
     _run(_cmd(TINY_BASELINE, out, data_root))
-    assert (out / "model_final.pth").exists()
+    assert (out / FINAL).exists()
     assert (
         "segm"
         in json.loads((out / "eval_results.json").read_text())["results"]["fashion_synth_val"]
@@ -132,22 +139,25 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert was_running, "training ended before it could be killed; raise MAX_ITER"
-    assert not (killed / "model_final.pth").exists()
+    assert not (killed / FINAL).exists()
+    # the kill lands once step0000004.ckpt exists; last.ckpt is written just after it, so resume
+    # is from step 2 or 4
+    last = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    resumed = last["global_step"]
+    assert resumed in (2, 4)
+    before = _train_rows(killed)
 
     _run(_cmd(TINY, killed, data_root, "--resume") + steps)
-    a, b = _state_dict(straight / "model_final.pth"), _state_dict(killed / "model_final.pth")
+    a, b = _state_dict(straight / FINAL), _state_dict(killed / FINAL)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    steps = [
-        r["step"]
-        for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
-        if r["phase"] == "train"
-    ]
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    # the second process continued from a checkpoint, it did not start over. The kill lands once
-    # step0000004.ckpt exists; last.ckpt is written just after it, so resume is from step 2 or 4.
-    assert steps[restart] in (3, 5) and steps[-1] == 24
+    rows = _train_rows(killed)
+    # rows the killed process wrote after the resumed step were dropped: one row per step
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    # the second process continued from the checkpoint, it did not start over: the first
+    # process's rows up to the resumed step are kept as they were
+    assert rows[:resumed] == before[:resumed]
 
 
 def test_two_process_ddp_on_cpu(tmp_path, data_root):
@@ -165,7 +175,7 @@ def test_two_process_ddp_on_cpu(tmp_path, data_root):
             "tcp://127.0.0.1:29517",
         )
     )
-    assert (out / "model_final.pth").exists()
+    assert (out / FINAL).exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["phase"] == "train"] == [1, 2, 3, 4]
 
@@ -186,7 +196,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert proc.returncode != 0
     match = re.search(r"non-finite loss at optimiser step (\d+) .*loss_cls", proc.stderr)
     assert match, proc.stderr[-3000:]
-    assert not (out / "model_final.pth").exists()
+    assert not (out / FINAL).exists()
     # checkpoints written before the failure are kept; none is written at or after it
     saved = [int(p.stem[4:]) for p in (out / "checkpoints").glob("step*.ckpt")]
     assert all(step <= int(match.group(1)) for step in saved)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from effdetmask.modeling import build_model, load_checkpoint, load_effdet_checkpoint
+from effdetmask.modeling.weights import save_state_dict
 from effdetmask.utils.model_summary import format_summary, summarize_model
 
 D0 = str(Path(__file__).resolve().parents[2] / "configs" / "effdet_d0.yaml")
@@ -143,8 +144,8 @@ def test_model_weights_skip_the_backbone_download(tmp_path, monkeypatch):
     opts = ["INPUT.SIZE", str(SIZE), *SMALL]
     trained = build_model(setup_cfg(D0, [*opts, "MODEL.BACKBONE.PRETRAINED", "",
                                          "MODEL.FREEZE_BN", "False"]))
-    path = tmp_path / "model_final.pth"
-    torch.save(trained.state_dict(), path)
+    path = tmp_path / "model_final.safetensors"  # what training writes
+    save_state_dict(trained.state_dict(), str(path))
     assert setup_cfg(D0).MODEL.BACKBONE.PRETRAINED == "timm"
     loaded = build_model(setup_cfg(D0, [*opts, "MODEL.WEIGHTS", str(path)]))
     assert _same(trained, loaded)

@@ -8,21 +8,78 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 import torch
 
 from ..config import CfgNode, setup_cfg
 
-__all__ = ["default_argument_parser", "LaunchSpec", "default_setup", "environment_summary"]
+__all__ = [
+    "default_argument_parser",
+    "LaunchSpec",
+    "default_setup",
+    "environment_summary",
+    "check_device",
+]
 
 logger = logging.getLogger("effdetmask")
 
 
+class _FlagsAmongOptsParser(argparse.ArgumentParser):
+    """An ArgumentParser whose trailing ``KEY VALUE`` pairs (``opts``) may have flags among them.
+
+    ``argparse.REMAINDER`` takes everything after the first config key, so ``OUTPUT_DIR out
+    --resume`` would make ``--resume`` a config key. Here the pairs are walked in order: a token
+    in key position that is one of this parser's flags is parsed as that flag (with its value,
+    if it takes one); a flag where a key's value belongs is an error naming the key.
+    """
+
+    def _flag_action(self, token: str) -> Optional[argparse.Action]:
+        if not token.startswith("--"):
+            return None
+        return self._option_string_actions.get(token.split("=", 1)[0])
+
+    def _split_opts(self, opts: Sequence[str]) -> Tuple[List[str], List[str]]:
+        flags: List[str] = []
+        pairs: List[str] = []
+        i = 0
+        while i < len(opts):
+            token = opts[i]
+            if token.startswith("--"):
+                action = self._flag_action(token)
+                if action is None:
+                    self.error(f"unrecognized argument {token} among the KEY VALUE config "
+                               "overrides")
+                takes_value = action.nargs != 0 and "=" not in token
+                if takes_value and (i + 1 >= len(opts) or self._flag_action(opts[i + 1])):
+                    self.error(f"argument {token}: expected one argument")
+                flags += opts[i:i + 1 + int(takes_value)]
+                i += 1 + int(takes_value)
+                continue
+            if i + 1 < len(opts) and self._flag_action(opts[i + 1]) is not None:
+                self.error(f"config key {token} has no value: the flag {opts[i + 1]} follows it "
+                           "(give KEY VALUE pairs)")
+            pairs += opts[i:i + 2]
+            i += 2
+        return flags, pairs
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        opts = list(getattr(namespace, "opts", None) or [])
+        if any(t.startswith("--") for t in opts):
+            flags, pairs = self._split_opts(opts)
+            namespace, more = super().parse_known_args(flags, namespace)
+            namespace.opts = pairs
+            extras += more
+        return namespace, extras
+
+
 def default_argument_parser(description: str = "EffDetMask training and evaluation"):
-    """detectron2's flags: a handful of options, every config key as trailing ``KEY VALUE``."""
-    parser = argparse.ArgumentParser(
+    """detectron2's flags: a handful of options, every config key as trailing ``KEY VALUE``.
+
+    Flags may also come after (or between) the ``KEY VALUE`` pairs."""
+    parser = _FlagsAmongOptsParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n"
@@ -30,7 +87,7 @@ def default_argument_parser(description: str = "EffDetMask training and evaluati
         "  python train_net.py --config-file configs/effdet_d1.yaml --num-gpus 4 "
         "SOLVER.BASE_LR 0.005\n"
         "  python train_net.py --config-file configs/effdet_d0.yaml --eval-only "
-        "MODEL.WEIGHTS output/effdet_d0/model_final.pth\n",
+        "MODEL.WEIGHTS output/effdet_d0/model_final.safetensors\n",
     )
     parser.add_argument("--config-file", default="", metavar="FILE", help="path to a yaml config")
     parser.add_argument(
@@ -115,6 +172,25 @@ class LaunchSpec:
             os.environ.setdefault("MASTER_ADDR", self.master_addr)
             os.environ.setdefault("MASTER_PORT", str(self.master_port))
             os.environ.setdefault("NODE_RANK", str(self.node_rank))
+
+
+def check_device(device: str, key: str = "MODEL.DEVICE") -> torch.device:
+    """``torch.device(device)``, or a ``ValueError`` naming ``key`` when it is not a device name or
+    names a CUDA device this machine does not have (instead of torch's error later, or of the
+    setting being ignored)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"{key} {device!r} is not a torch device such as 'cpu', 'cuda' or "
+                         f"'cuda:1' ({e})") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key} {device!r} but no CUDA device is available "
+                             f"(torch.cuda.is_available() is False); set {key} cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"{key} {device!r} but only {count} CUDA device(s) are visible")
+    return parsed
 
 
 def environment_summary() -> str:

@@ -39,7 +39,15 @@ class SolverSpec:
 
     @classmethod
     def from_config(cls, cfg) -> "SolverSpec":
+        """Read and check ``SOLVER.*``; a bad value is a ``ValueError`` naming its key."""
         s = cfg.SOLVER
+        _check_int(s.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", 1, "images per step on each process")
+        _check_int(s.ACCUMULATE_GRAD_BATCHES, "SOLVER.ACCUMULATE_GRAD_BATCHES", 1,
+                   "batches per optimiser step")
+        _check_number(s.BASE_LR, "SOLVER.BASE_LR")
+        _check_number(s.WEIGHT_DECAY, "SOLVER.WEIGHT_DECAY")
+        _check_number(s.MOMENTUM, "SOLVER.MOMENTUM")
+        _check_int(s.WARMUP_ITERS, "SOLVER.WARMUP_ITERS", 0, "warm-up optimiser steps")
         spec = cls(
             optimizer=s.OPTIMIZER.lower(),
             base_lr=s.BASE_LR,
@@ -62,6 +70,22 @@ class SolverSpec:
         if spec.scheduler not in _SCHEDULERS:
             raise ValueError(f"SOLVER.LR_SCHEDULER={s.LR_SCHEDULER!r} is not one of {_SCHEDULERS}")
         return spec
+
+
+def _check_int(value: Any, key: str, minimum: int, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum} ({meaning}), got {value!r}")
+
+
+def _check_number(value: Any, key: str) -> None:
+    """A finite number >= 0 (learning rate, weight decay, momentum)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
 
 
 def _param_groups(params: Iterable[tuple], weight_decay: float) -> List[Dict[str, Any]]:

@@ -8,13 +8,13 @@ import os
 from datetime import timedelta
 from typing import Dict, List
 
-import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..data.build import build_test_loader, build_train_loader
 from ..evaluation import COCOEvaluator
+from ..modeling.weights import CheckpointError, load_torch_file, save_state_dict
 from .callbacks import EvalResultsWriter, JSONLinesMetricsWriter
 from .defaults import LaunchSpec
 from .lightning_module import EffDetMaskModule
@@ -22,9 +22,19 @@ from .visualize import write_visualizations
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_trainer", "build_module", "train", "evaluate", "checkpoint_dir", "FINAL_WEIGHTS"]
+__all__ = [
+    "build_trainer",
+    "build_module",
+    "train",
+    "evaluate",
+    "checkpoint_dir",
+    "check_resume_checkpoint",
+    "FINAL_WEIGHTS",
+]
 
-FINAL_WEIGHTS = "model_final.pth"
+# safetensors: reading the final weights never unpickles anything (old model_final.pth files,
+# and Lightning .ckpt files, still load through modeling.weights.read_state_dict)
+FINAL_WEIGHTS = "model_final.safetensors"
 
 
 def checkpoint_dir(cfg) -> str:
@@ -43,6 +53,12 @@ def _evaluator_factory(cfg):
 
 
 def build_module(cfg) -> EffDetMaskModule:
+    batch = cfg.TEST.IMS_PER_BATCH
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(
+            f"TEST.IMS_PER_BATCH must be a positive integer (images per evaluation batch), "
+            f"got {batch!r}"
+        )
     return EffDetMaskModule(cfg, _evaluator_factory(cfg), list(cfg.DATASETS.TEST))
 
 
@@ -124,8 +140,35 @@ def _test_loaders(cfg) -> List:
     return [build_test_loader(cfg, name) for name in cfg.DATASETS.TEST]
 
 
+def check_resume_checkpoint(path: str) -> None:
+    """Raise a clear error, before Lightning reads ``path``, when it is not a checkpoint that loads
+    safely: empty (an interrupted save), truncated/corrupt, or pickling objects other than tensors
+    and plain containers (never unpickled). The message names the file and what to do."""
+    try:
+        load_torch_file(path, mmap=True)  # weights_only=True; mmap: tensor data is not read
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"--resume: {e}. Delete {path} to start from scratch, or copy an earlier checkpoint "
+            f"(step*.ckpt in {os.path.dirname(path)}) over it"
+        ) from e
+
+
 def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
-    """Train, save ``model_final.pth``, evaluate on DATASETS.TEST; returns the eval results."""
+    """Train, save ``model_final.safetensors``, evaluate on DATASETS.TEST; returns the eval
+    results.
+
+    With ``resume``, training continues from ``checkpoints/last.ckpt`` when it exists; the file is
+    read with ``weights_only=True`` only (an unsafe or corrupt file is an error naming it).
+    """
+    ckpt_path = None
+    last = os.path.join(checkpoint_dir(cfg), "last.ckpt")
+    if resume:
+        if os.path.isfile(last):
+            check_resume_checkpoint(last)
+            ckpt_path = last
+            logger.info("resuming from %s", last)
+        else:
+            logger.warning("--resume: no checkpoint at %s, starting from scratch", last)
     seed_everything(cfg.SEED if cfg.SEED >= 0 else None, workers=True)
     module = build_module(cfg)
     trainer = build_trainer(cfg, launch)
@@ -134,20 +177,17 @@ def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
     # over; the step schedule counts its decays in epochs of this many batches
     module.train_batches_per_epoch = functools.partial(len, train_loader)
     val_loaders = _test_loaders(cfg) if cfg.TEST.EVAL_PERIOD > 0 else None
-    ckpt_path = None
-    last = os.path.join(checkpoint_dir(cfg), "last.ckpt")
-    if resume:
-        if os.path.isfile(last):
-            ckpt_path = last
-            logger.info("resuming from %s", last)
-        else:
-            logger.warning("--resume: no checkpoint at %s, starting from scratch", last)
     trainer.fit(
-        module, train_dataloaders=train_loader, val_dataloaders=val_loaders, ckpt_path=ckpt_path
+        module,
+        train_dataloaders=train_loader,
+        val_dataloaders=val_loaders,
+        ckpt_path=ckpt_path,
+        # explicit: torch's default could be flipped to full unpickling by an environment variable
+        weights_only=True,
     )
     if trainer.is_global_zero:
         final = os.path.join(cfg.OUTPUT_DIR, FINAL_WEIGHTS)
-        torch.save(module.model.state_dict(), final)
+        save_state_dict(module.model.state_dict(), final)
         logger.info("saved %s", final)
     results = run_evaluation(trainer, module, cfg)
     if trainer.is_global_zero and cfg.TEST.VIS_IMAGES > 0:

@@ -1,7 +1,9 @@
 """Loading weights into a built model: our own checkpoints and effdet COCO checkpoints.
 
-Every error names the file and the offending keys. Keys that only exist on one side because of
-frozen BatchNorm (``num_batches_tracked``) are not errors.
+Files are ``.safetensors`` or ``torch.save`` files read with ``weights_only=True``: a file that
+pickles anything but tensors and plain containers is refused, never unpickled. Every error names
+the file and the problem (empty, truncated, unsafe) or the offending keys. Keys that only exist on
+one side because of frozen BatchNorm (``num_batches_tracked``) are not errors.
 """
 
 from __future__ import annotations
@@ -9,14 +11,27 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from typing import Dict, List, Mapping, Set
+import re
+import zipfile
+from typing import Any, Dict, List, Mapping, Set
 
+import safetensors.torch
 import torch
 import torch.nn as nn
 
 from .effdet_utils import init_effdet_weights, set_prior_bias
 
-__all__ = ["load_weights", "load_checkpoint", "load_effdet_checkpoint", "read_state_dict"]
+__all__ = [
+    "load_weights",
+    "load_checkpoint",
+    "load_effdet_checkpoint",
+    "read_state_dict",
+    "load_torch_file",
+    "save_state_dict",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "SAFETENSORS_SUFFIX",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +42,105 @@ _EFFDET_PREFIXES = {
     "box_net.": "proposal_generator.box_net.",
 }
 _IGNORED_SUFFIX = "num_batches_tracked"
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A weights or checkpoint file that cannot be read: empty, truncated or corrupt."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that pickles Python objects besides tensors and plain containers; never unpickled,
+    since unpickling such a file can run any code it names."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def load_torch_file(path: str, *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with errors that name the file.
+
+    Only tensors, plain containers and numbers are unpickled (what state dicts and this project's
+    Lightning checkpoints hold); a file pickling anything else is refused without running any of
+    it. ``mmap`` maps tensor storages instead of reading them (a cheap validation of a large
+    zip-format checkpoint).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file pickles other Python objects.
+        CheckpointError: the file is empty, truncated, corrupt or not a PyTorch file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint: a save that was "
+                              "interrupted leaves such a file")
+    mmap = mmap and zipfile.is_zipfile(path)  # legacy (non-zip) files cannot be mapped
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        message = str(e)
+        if "Weights only load failed" not in message:
+            raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint: "
+                                  f"{_first_line(e)}") from e
+        # torch's wording varies with the pickle (blocked module, unsupported global or opcode)
+        found = re.search(r"GLOBAL ([\w.]+)", message)
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
+        if found:
+            detail = f" (it names {found.group(1)})"
+        else:
+            detail = f" ({detail.group(1).strip()})" if detail else ""
+        # ``from None``: torch's message suggests weights_only=False, which would run the file
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: torch.load(weights_only=True) rejects it{detail}. It "
+            "pickles Python objects other than tensors and plain containers, which could run "
+            "arbitrary code when unpickled, or it is corrupt; nothing in it was run. If you trust "
+            "the file, re-save its state dict as .safetensors (or torch.save a plain state dict)"
+        ) from None
+    except Exception as e:  # noqa: BLE001  (torch raises RuntimeError, EOFError, KeyError, ...)
+        raise CheckpointError(f"{path} is truncated, corrupt or not a PyTorch checkpoint "
+                              f"({type(e).__name__}: {_first_line(e)})") from e
+
+
+def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a safetensors file: a save that "
+                              "was interrupted leaves such a file")
+    try:
+        return safetensors.torch.load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001  (SafetensorError, OSError, ...)
+        raise CheckpointError(f"{path} is truncated, corrupt or not a safetensors file "
+                              f"({type(e).__name__}: {_first_line(e)})") from e
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Write a state dict as ``.safetensors`` (tensors only; nothing to unpickle when read)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    # safetensors refuses tensors that share storage (tied weights): each gets its own copy
+    storages = set()
+    for key, value in tensors.items():
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in storages:
+            tensors[key] = value.clone()
+        storages.add(storage)
+    safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """State dict from a file: a plain state dict, a Lightning checkpoint (``state_dict`` with keys
-    prefixed ``model.``) or a ``{"model": state_dict}`` checkpoint."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints may pickle hyper-parameters; only our own files come here
-        logger.warning("%s holds non-tensor objects; loading it with full unpickling", path)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    """State dict from a file: ``.safetensors``, or a ``torch.save`` file holding a plain state
+    dict, a Lightning checkpoint (``state_dict`` with keys prefixed ``model.``) or a
+    ``{"model": state_dict}`` checkpoint.
+
+    ``torch.save`` files are read with ``weights_only=True``: one that pickles other Python
+    objects is refused (:class:`UnsafeCheckpointError`), never unpickled.
+    """
+    if path.endswith(SAFETENSORS_SUFFIX):
+        return _load_safetensors(path)
+    obj = load_torch_file(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict or checkpoint, got {type(obj).__name__}")
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
