@@ -62,11 +62,11 @@ def test_interrupted_build_leaves_nothing_complete(dicts, tmp_path, monkeypatch)
     calls = {"n": 0}
     real = hdf5_cache.encode_record
 
-    def failing(item, size):
+    def failing(item, size, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(item, size)
+        return real(item, size, **kwargs)
 
     monkeypatch.setattr(hdf5_cache, "encode_record", failing)
     with pytest.raises(KeyboardInterrupt):

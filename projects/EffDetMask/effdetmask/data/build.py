@@ -2,7 +2,9 @@
 
 Per-sample failures inside DataLoader workers become a :class:`SampleError` that names the file or
 cache record; with ``DATASETS.SKIP_INVALID`` the sample is skipped (the next one is used instead)
-and counted in that process's :class:`SkipReport`.
+and counted in that process's :class:`SkipReport`. Both loaders are
+:class:`~effdetmask.data.resumable_loader.ErrorForwardingDataLoader` s, so an exception raised in a
+worker reaches the main process intact (type, message naming the sample, attributes).
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import Dataset, SequentialSampler
 
 from effdetmask.data.builtin import register_all_from_cfg
 from effdetmask.data.catalog import DatasetCatalog
 from effdetmask.data.hdf5_cache import CachedDataset
 from effdetmask.data.mapper import DatasetMapper, trivial_batch_collator
-from effdetmask.data.resumable_loader import ResumableDataLoader, ResumableSampler, SeededSamples
+from effdetmask.data.resumable_loader import (
+    ErrorForwardingDataLoader,
+    ResumableDataLoader,
+    ResumableSampler,
+    SeededSamples,
+)
 from effdetmask.data.validation import SkipReport
 
 logger = logging.getLogger(__name__)
@@ -34,7 +41,10 @@ _MAX_CONSECUTIVE_SKIPS = 100  # a dataset that is bad almost everywhere should f
 
 
 class SampleError(RuntimeError):
-    """A sample that could not be read or mapped; the message names the file/record."""
+    """A sample that could not be read or mapped; the message names the file/record.
+
+    One message argument, so it pickles as is (DataLoader workers send it to the main process).
+    """
 
 
 def get_detection_dataset_dicts(names: Union[str, Sequence[str]],
@@ -152,11 +162,12 @@ def build_train_loader(
     )
 
 
-def build_test_loader(cfg: Any, dataset_name: str) -> DataLoader:
+def build_test_loader(cfg: Any, dataset_name: str) -> ErrorForwardingDataLoader:
     """In-order loader over one registered dataset (JPEG+JSON, no augmentation)."""
     dataset = MapDataset(_source(cfg, [dataset_name], False), DatasetMapper.from_config(cfg, False),
                          skip_invalid=cfg.DATASETS.SKIP_INVALID)
     workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH,
-                      sampler=SequentialSampler(dataset), num_workers=workers,
-                      persistent_workers=workers > 0, collate_fn=trivial_batch_collator)
+    return ErrorForwardingDataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH,
+                                     sampler=SequentialSampler(dataset), num_workers=workers,
+                                     persistent_workers=workers > 0,
+                                     collate_fn=trivial_batch_collator)

@@ -5,23 +5,42 @@ record ``i`` is ``data[offsets[i]:offsets[i + 1]]``):
 
 * per image: ``image_ids`` int64 [M], ``file_names`` str [M], ``orig_hw`` int32 [M, 2] (original
   size), ``cache_hw`` int32 [M, 2] (stored size, long side = ``attrs["size"]``), ``scales`` float64
-  [M] (cache pixels per original pixel), ``has_annotations`` bool [M], ``jpeg`` uint8 flat +
-  ``jpeg_offsets``, ``inst_offsets`` int64 [M + 1] into the per-instance arrays;
+  [M] (cache pixels per original pixel), ``has_annotations`` bool [M], ``crc32`` uint32 [M] (see
+  below), ``jpeg`` uint8 flat + ``jpeg_offsets``, ``inst_offsets`` int64 [M + 1] into the
+  per-instance arrays;
 * per instance: ``classes`` int64 [K], ``boxes`` float32 [K, 4] (xyxy cache pixels, from the mask),
   ``rle`` uint8 flat (compressed COCO counts) + ``rle_offsets``, ``attr_ids`` int32 flat (raw sparse
   attribute ids) + ``attr_offsets``.
 
 Images are resized once (aspect kept, area interpolation when shrinking, no padding). The file is
 written as ``PATH.tmp`` and renamed on success; ``attrs["complete"] = True`` is written last, and
-readers refuse a file without it.
+readers refuse a file without it. A ``PATH.tmp`` that a killed build left behind is removed (and
+logged) by the next build.
+
+Integrity (format version 2): ``crc32`` holds, per image, the CRC-32 of the record's whole payload
+(image id, file name, sizes, scale, JPEG bytes, and every instance's class, box, RLE bytes and
+attribute ids, with the per-instance lengths). Reading a record recomputes it and checks class ids
+(0..NUM_CLASSES-1) and attribute ids against the taxonomy; a mismatch is a :class:`CacheError` that
+names the file, the record index, the image id and the problem (``MapDataset`` with
+``skip_invalid`` skips and counts it). Files of an older format are refused with a request to
+rebuild.
+
+With ``workers > 0`` the records are encoded in a :class:`~concurrent.futures.ProcessPoolExecutor`:
+an error raised in a worker arrives intact (every project exception pickles), and a worker that dies
+(out-of-memory killer, ``kill -9``) ends the build with a :class:`CacheError` naming the images that
+were being encoded, instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from multiprocessing import Pool
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+import zlib
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import lru_cache
+from typing import Any, Deque, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import h5py
@@ -31,6 +50,7 @@ from tqdm import tqdm
 
 from effdetmask.data.image_io import read_image_rgb
 from effdetmask.data.mapper import annotation_to_mask, letterbox_size, masks_to_boxes, resize_image
+from effdetmask.data.taxonomy import NUM_CLASSES, load_taxonomy
 from effdetmask.data.validation import DatasetIssue, Reason, SkipReport
 
 logger = logging.getLogger(__name__)
@@ -38,66 +58,238 @@ logger = logging.getLogger(__name__)
 __all__ = ["build_cache", "verify_cache", "CachedDataset", "CacheError", "encode_record",
            "CACHE_VERSION"]
 
-CACHE_VERSION = 1
+# 2: per-record CRC-32 ("crc32"), class/attribute ids checked on read. Version 1 had no checksums.
+CACHE_VERSION = 2
 JPEG_QUALITY = 95
 _FLUSH_EVERY = 64  # records buffered by the writer between HDF5 appends
+_REBUILD = "rebuild it with datasets/build_cache.py"
+# Errors of one annotation that make it unusable (bad segmentation, ids, types).
+_ANNOTATION_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
 
 
 class CacheError(RuntimeError):
-    """A cache file that cannot be used (missing, incomplete, wrong version); names the file."""
+    """A cache file or record that cannot be used (missing, incomplete, wrong version, corrupt).
+
+    The message names the file (and the record, for a bad record).
+    """
 
 
-def encode_record(item: Dict[str, Any], size: int) -> Dict[str, Any]:
+@lru_cache(maxsize=1)
+def _attribute_ids() -> FrozenSet[int]:
+    return frozenset(load_taxonomy().attribute_ids)
+
+
+def _id_problem(category_id: Any, attribute_ids: Any) -> Optional[Tuple[str, str]]:
+    """``(reason, problem)`` when the class or an attribute id is not in the taxonomy, else None."""
+    if (isinstance(category_id, (bool, np.bool_))
+            or not isinstance(category_id, (int, np.integer))
+            or not 0 <= category_id < NUM_CLASSES):
+        return (Reason.UNKNOWN_CATEGORY,
+                f"category id {category_id!r} is not a class id of the taxonomy "
+                f"(0..{NUM_CLASSES - 1})")
+    known = _attribute_ids()
+    bad = [a for a in attribute_ids
+           if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer))
+           or int(a) not in known]
+    if bad:
+        return (Reason.UNKNOWN_ATTRIBUTE,
+                f"attribute id(s) {[a.item() if hasattr(a, 'item') else a for a in bad]} "
+                f"not in the taxonomy")
+    return None
+
+
+def _record_crc(image_id: int, file_name: str, orig_hw: Any, cache_hw: Any, scale: float,
+                has_annotations: bool, jpeg: Any, classes: Any, boxes: Any, rle_lengths: Any,
+                rle: Any, attr_lengths: Any, attr_ids: Any) -> int:
+    """CRC-32 of one record's payload in a fixed byte layout (the writer's and reader's view)."""
+    name = file_name.encode("utf-8", "surrogateescape")
+    parts = (
+        np.array([image_id, len(name), len(jpeg), len(classes)], "<i8"), name,
+        np.asarray(orig_hw, "<i4"), np.asarray(cache_hw, "<i4"), np.asarray(scale, "<f8"),
+        np.asarray(has_annotations, "u1"), np.ascontiguousarray(np.frombuffer(jpeg, np.uint8)),
+        np.asarray(classes, "<i8"), np.asarray(boxes, "<f4").reshape(-1, 4),
+        np.asarray(rle_lengths, "<i8"), np.ascontiguousarray(np.frombuffer(rle, np.uint8)),
+        np.asarray(attr_lengths, "<i8"), np.asarray(attr_ids, "<i4"),
+    )
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part if isinstance(part, bytes) else part.tobytes(), crc)
+    return crc
+
+
+def _segmentation_reason(segmentation: Any) -> str:
+    if isinstance(segmentation, dict):
+        return Reason.INVALID_RLE
+    return Reason.INVALID_POLYGON if isinstance(segmentation, list) else Reason.BAD_RECORD
+
+
+def encode_record(item: Dict[str, Any], size: int,
+                  skipped: Optional[List[DatasetIssue]] = None) -> Dict[str, Any]:
     """Dataset dict -> cache record in compact form (JPEG bytes, RLE count strings).
 
+    Args:
+        skipped: when given, a bad annotation is left out of the record and its issue appended
+            here (the image is kept); otherwise it raises.
     Raises:
-        DatasetIssue: unreadable image or unusable annotation, naming the file.
+        DatasetIssue: unreadable image, malformed record, or (without ``skipped``) an unusable
+            annotation: bad segmentation, class id outside 0..NUM_CLASSES-1, attribute id not in
+            the taxonomy. The message names the file, the image id and the annotation.
     """
-    h, w = int(item["height"]), int(item["width"])
-    image = read_image_rgb(item["file_name"], expected_hw=(h, w))
+    source = str(item.get("file_name", "?")) if isinstance(item, dict) else "?"
+    try:
+        h, w = int(item["height"]), int(item["width"])
+        image_id, file_name = int(item["image_id"]), str(item["file_name"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetIssue(source, f"malformed dataset dict ({type(e).__name__}: {e})",
+                           reason=Reason.BAD_RECORD) from None
+    image = read_image_rgb(file_name, expected_hw=(h, w))
     ch, cw, scale = letterbox_size(h, w, size)
     small = resize_image(image, ch, cw)
     ok, jpeg = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
-        raise DatasetIssue(item["file_name"], "JPEG encoding failed", reason=Reason.CORRUPT_IMAGE)
-    anns = [a for a in item.get("annotations", ()) if not a.get("iscrowd", 0)]
-    masks = np.zeros((len(anns), ch, cw), np.uint8)
-    for i, a in enumerate(anns):
+        raise DatasetIssue(file_name, "JPEG encoding failed", reason=Reason.CORRUPT_IMAGE)
+    anns: List[Tuple[int, List[int]]] = []
+    masks: List[np.ndarray] = []
+    for i, a in enumerate(item.get("annotations", ()) or ()):
+        ann_id = a.get("id") if isinstance(a, dict) else None
+        record = f"image id {image_id}, annotation {i}" + (
+            f" (id {ann_id})" if ann_id is not None else "")
+        reason = Reason.BAD_RECORD
         try:
-            masks[i] = annotation_to_mask(a["segmentation"], h, w, ch, cw)
-        except (ValueError, TypeError, KeyError) as e:
-            raise DatasetIssue(item["file_name"], f"annotation {i}: {e}",
-                               reason=Reason.BAD_RECORD) from e
-    boxes = masks_to_boxes(masks)
+            if a.get("iscrowd", 0):
+                continue
+            attr_ids = list(a.get("attribute_ids", ()) or ())
+            bad_id = _id_problem(a["category_id"], attr_ids)
+            if bad_id is not None:
+                reason, problem = bad_id
+                raise ValueError(problem)
+            reason = _segmentation_reason(a["segmentation"])
+            mask = annotation_to_mask(a["segmentation"], h, w, ch, cw)
+        except _ANNOTATION_ERRORS as e:
+            problem = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            issue = DatasetIssue(file_name, problem, record, reason)
+            if skipped is None:
+                raise issue from e
+            skipped.append(issue)
+            continue
+        anns.append((int(a["category_id"]), [int(x) for x in attr_ids]))
+        masks.append(mask)
+    stacked = np.stack(masks) if masks else np.zeros((0, ch, cw), np.uint8)
+    boxes = masks_to_boxes(stacked)
     keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
-    rles = [mask_util.encode(np.asfortranarray(masks[k]))["counts"] for k in keep]
-    return dict(image_id=int(item["image_id"]), file_name=str(item["file_name"]), orig_hw=(h, w),
+    rles = [mask_util.encode(np.asfortranarray(stacked[k]))["counts"] for k in keep]
+    return dict(image_id=image_id, file_name=file_name, orig_hw=(h, w),
                 cache_hw=(ch, cw), scale=scale, has_annotations="annotations" in item,
                 jpeg=jpeg.tobytes(), rles=rles, boxes=boxes[keep],
-                classes=[int(anns[k]["category_id"]) for k in keep],
-                attr_ids=[[int(x) for x in anns[k].get("attribute_ids", ())] for k in keep])
+                classes=[anns[k][0] for k in keep], attr_ids=[anns[k][1] for k in keep])
+
+
+def _describe(item: Any) -> str:
+    if not isinstance(item, dict):
+        return repr(item)[:80]
+    return f"{item.get('file_name', '?')} (image id {item.get('image_id', '?')})"
+
+
+Issues = List[Tuple[str, str]]
 
 
 class _Encoder:
-    """Picklable worker function; returns ``(record, None)`` or ``(None, issue)`` when skipping."""
+    """Picklable worker function: ``(record, issues)``; ``record`` is None for a skipped image.
+
+    ``issues`` are ``(reason, message)`` of what was skipped (the image, or bad annotations of a
+    kept image). Without ``skip_invalid`` the first :class:`DatasetIssue` is raised; an unexpected
+    error becomes a :class:`CacheError` naming the image (and is never skipped).
+    """
 
     def __init__(self, size: int, skip_invalid: bool) -> None:
         self.size, self.skip_invalid = size, skip_invalid
 
-    def __call__(self, item: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[Any]]:
+    def __call__(self, item: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], Issues]:
+        skipped: Optional[List[DatasetIssue]] = [] if self.skip_invalid else None
         try:
-            return encode_record(item, self.size), None
+            record = encode_record(item, self.size, skipped=skipped)
         except DatasetIssue as e:
             if not self.skip_invalid:
                 raise
-            return None, (e.reason, str(e))
+            return None, [(e.reason, str(e))]
+        except (MemoryError, CacheError):
+            raise
+        except Exception as e:
+            raise CacheError(f"{_describe(item)}: encoding failed: {type(e).__name__}: {e}") from e
+        return record, [(e.reason, str(e)) for e in skipped or ()]
+
+
+class _InOrder:
+    """Encoder results in input order, computed here (``workers == 0``) or in worker processes.
+
+    At most ``2 * workers`` images are in flight. The workers start in the constructor, before the
+    caller opens the output file or starts threads. A worker that dies ends the iteration with a
+    :class:`CacheError` naming the images that were in flight (one of them killed it).
+    """
+
+    def __init__(self, items: Sequence[Dict[str, Any]], encoder: _Encoder, workers: int,
+                 output: str) -> None:
+        self.items, self.encoder, self.output = items, encoder, output
+        self.executor = ProcessPoolExecutor(max_workers=workers) if workers > 0 else None
+        self.window = 2 * max(workers, 1)
+        self.pending: Deque[Tuple[int, Future]] = deque()
+        self.submitted = 0
+        if self.executor is not None:
+            try:
+                self._fill()
+            except BrokenProcessPool as e:
+                self.close()
+                raise CacheError(self._lost_message()) from e
+
+    def _fill(self) -> None:
+        assert self.executor is not None
+        while len(self.pending) < self.window and self.submitted < len(self.items):
+            i = self.submitted
+            self.pending.append((i, self.executor.submit(self.encoder, self.items[i])))
+            self.submitted += 1
+
+    def __iter__(self) -> Iterator[Tuple[Optional[Dict[str, Any]], Issues]]:
+        if self.executor is None:
+            yield from map(self.encoder, self.items)
+            return
+        while self.pending:
+            try:
+                result = self.pending[0][1].result()
+                self.pending.popleft()
+                self._fill()  # submit() raises too once the pool is broken
+            except BrokenProcessPool as e:
+                raise CacheError(self._lost_message()) from e
+            except (DatasetIssue, CacheError):
+                raise  # already names the image
+            except Exception as e:  # e.g. the dict or the record could not cross the boundary
+                item = _describe(self.items[self.pending[0][0]])
+                raise CacheError(f"{self.output}: {item}: {type(e).__name__}: {e}") from e
+            yield result
+
+    def _lost_message(self) -> str:
+        lost = [self.items[i] for i, f in self.pending
+                if not (f.done() and not f.cancelled() and f.exception() is None)]
+        names = "; ".join(_describe(item) for item in lost[:20])
+        more = f"; and {len(lost) - 20} more" if len(lost) > 20 else ""
+        first = self.pending[0][0] if self.pending else self.submitted
+        return (f"{self.output}: an encoder worker process died (killed, e.g. by the "
+                f"out-of-memory killer or kill -9) while encoding one of these {len(lost)} "
+                f"image(s): {names}{more}. The build stopped at image {first} of "
+                f"{len(self.items)}; nothing was written. Rerun with fewer --workers if memory "
+                f"ran out.")
+
+    def close(self) -> None:
+        if self.executor is not None:
+            # After an error: drop the queued images and wait only for those being encoded.
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
 
 
 class _Writer:
     """Appends records to resizable flat datasets; the only process that touches the file."""
 
     _SPECS = dict(image_ids=("i8", ()), orig_hw=("i4", (2,)), cache_hw=("i4", (2,)),
-                  scales=("f8", ()), has_annotations=("?", ()), jpeg=("u1", ()),
+                  scales=("f8", ()), has_annotations=("?", ()), crc32=("u4", ()), jpeg=("u1", ()),
                   classes=("i8", ()), boxes=("f4", (4,)), rle=("u1", ()), attr_ids=("i4", ()),
                   jpeg_offsets=("i8", ()), inst_offsets=("i8", ()), rle_offsets=("i8", ()),
                   attr_offsets=("i8", ()))
@@ -142,6 +334,7 @@ class _Writer:
         self._append("cache_hw", np.array([r["cache_hw"] for r in b], np.int32))
         self._append("scales", np.array([r["scale"] for r in b], np.float64))
         self._append("has_annotations", np.array([r["has_annotations"] for r in b], bool))
+        self._append("crc32", np.array([_writer_crc(r) for r in b], np.uint32))
         self._append("jpeg", np.frombuffer(b"".join(r["jpeg"] for r in b), np.uint8))
         self._append("jpeg_offsets", cum([r["jpeg"] for r in b], last["jpeg_offsets"]))
         self._append("inst_offsets", cum([r["rles"] for r in b], last["inst_offsets"]))
@@ -153,6 +346,14 @@ class _Writer:
         self._append("attr_offsets", cum(attrs, last["attr_offsets"]))
 
 
+def _writer_crc(r: Dict[str, Any]) -> int:
+    return _record_crc(
+        r["image_id"], r["file_name"], r["orig_hw"], r["cache_hw"], r["scale"],
+        r["has_annotations"], r["jpeg"], r["classes"], r["boxes"], [len(x) for x in r["rles"]],
+        b"".join(r["rles"]), [len(a) for a in r["attr_ids"]],
+        [x for a in r["attr_ids"] for x in a])
+
+
 def build_cache(dataset_dicts: Sequence[Dict[str, Any]], output: str, size: int, *,
                 dataset_name: str = "", workers: int = 0, skip_invalid: bool = False,
                 progress: bool = True) -> SkipReport:
@@ -160,31 +361,42 @@ def build_cache(dataset_dicts: Sequence[Dict[str, Any]], output: str, size: int,
 
     Args:
         dataset_dicts: detectron2-style dicts (``docs/interfaces.md``).
-        output: final path; the build writes ``output + ".tmp"`` and renames it on success.
+        output: final path; the build writes ``output + ".tmp"`` and renames it on success. A
+            ``.tmp`` left by a killed build is removed first (logged).
         size: long side of the cached images (the model's ``INPUT.SIZE``).
         workers: encoder processes (0 = in this process); records keep the input order.
-        skip_invalid: skip and count bad images/records instead of failing on the first.
+        skip_invalid: skip and count bad images, and bad annotations (the image is kept without
+            them), instead of failing on the first.
     Returns:
-        the report of skipped records.
+        the report of skipped images and annotations.
+    Raises:
+        DatasetIssue: the first bad image/annotation (without ``skip_invalid``), naming it.
+        CacheError: an encoder process died (naming the images it may have been encoding), an
+            unexpected encoding error (naming the image), or nothing could be cached.
     """
     report = SkipReport(dataset_name or output)
     tmp = output + ".tmp"
-    encoder = _Encoder(size, skip_invalid)
-    pool = Pool(workers) if workers > 0 else None
+    if os.path.exists(tmp):
+        logger.warning("removing %s: a stale temporary file left by an interrupted build", tmp)
+        os.remove(tmp)
+    results = _InOrder(dataset_dicts, _Encoder(size, skip_invalid), workers, output)
     try:
-        results: Iterable = (pool.imap(encoder, dataset_dicts, chunksize=4) if pool
-                             else map(encoder, dataset_dicts))
         with h5py.File(tmp, "w") as f:
-            f.attrs.update(version=CACHE_VERSION, size=size, dataset=dataset_name, complete=False)
+            f.attrs.update(version=CACHE_VERSION, size=size, dataset=dataset_name, complete=False,
+                           checksum="crc32 per record")
             writer = _Writer(f)
-            for rec, issue in tqdm(results, total=len(dataset_dicts), disable=not progress,
-                                   desc=f"cache {dataset_name or output}", unit="img"):
-                if issue is not None:
-                    report.add(*issue)
-                else:
+            for rec, issues in tqdm(results, total=len(dataset_dicts), disable=not progress,
+                                    desc=f"cache {dataset_name or output}", unit="img"):
+                for reason, message in issues:
+                    report.add(reason, message)
+                if rec is not None:
                     writer.add(rec)
             writer.flush()
-            f.attrs["num_images"] = f["image_ids"].shape[0]
+            num_images = f["image_ids"].shape[0]
+            if num_images == 0 and len(dataset_dicts) > 0:
+                raise CacheError(f"{output}: no image could be cached: all {len(dataset_dicts)} "
+                                 f"were skipped\n{report.summary()}")
+            f.attrs["num_images"] = num_images
             f.flush()
             f.attrs["complete"] = True  # last: a crash before this leaves an incomplete file
         os.replace(tmp, output)
@@ -193,8 +405,7 @@ def build_cache(dataset_dicts: Sequence[Dict[str, Any]], output: str, size: int,
             os.remove(tmp)
         raise
     finally:
-        if pool is not None:
-            pool.terminate()
+        results.close()
     return report
 
 
@@ -208,10 +419,16 @@ def open_cache(path: str) -> h5py.File:
         raise CacheError(f"{path}: not a readable HDF5 file ({e})") from e
     if not bool(f.attrs.get("complete", False)):
         f.close()
-        raise CacheError(f"{path}: cache is incomplete (interrupted build?); rebuild it")
-    if int(f.attrs.get("version", -1)) != CACHE_VERSION:
+        raise CacheError(f"{path}: cache is incomplete (interrupted build?); {_REBUILD}")
+    version = int(f.attrs.get("version", -1))
+    if version != CACHE_VERSION:
         f.close()
-        raise CacheError(f"{path}: cache version {f.attrs.get('version')} != {CACHE_VERSION}")
+        why = (" (it has no per-record checksums)" if version < 2 else "")
+        raise CacheError(f"{path}: cache format version {version}{why}, this code reads version "
+                         f"{CACHE_VERSION}; {_REBUILD}")
+    if "crc32" not in f:
+        f.close()
+        raise CacheError(f"{path}: cache has no 'crc32' checksums; {_REBUILD}")
     return f
 
 
@@ -222,6 +439,10 @@ class CachedDataset:
     per original px), ``image`` (uint8 ``[h, w, 3]`` RGB at cache resolution) and, for annotated
     images, ``annotations``: dicts with ``segmentation`` (COCO RLE at cache resolution),
     ``category_id``, ``attribute_ids`` and ``bbox_xyxy`` (cache pixels).
+
+    Every read checks the record's CRC-32 and its class/attribute ids; a bad record raises
+    :class:`CacheError` naming the file, the record index and the image id (a ``MapDataset`` with
+    ``skip_invalid`` skips and counts it).
 
     The HDF5 file is opened lazily in each process (h5py handles must not cross a fork) and the
     object pickles without it.
@@ -247,39 +468,86 @@ class CachedDataset:
             self._file = open_cache(self.path)
         return self._file
 
-    def __getitem__(self, i: int) -> Dict[str, Any]:
+    def _read(self, i: int) -> Dict[str, Any]:
+        """The stored fields of record ``i``, unchecked; raises CacheError on bad offsets."""
         if not 0 <= i < self._len:
             raise IndexError(i)
         f, ix = self._f(), self._index
         name = f["file_names"][i]
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        where = f"{self.path}: record {i} ({name})"
-        jpeg = f["jpeg"][ix["jpeg_offsets"][i]:ix["jpeg_offsets"][i + 1]]
-        image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
-        ch, cw = (int(v) for v in ix["cache_hw"][i])
+        name = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
+        raw: Dict[str, Any] = dict(index=i, file_name=name, image_id=int(f["image_ids"][i]),
+                                   orig_hw=f["orig_hw"][i], cache_hw=ix["cache_hw"][i],
+                                   scale=float(f["scales"][i]),
+                                   has_annotations=bool(f["has_annotations"][i]),
+                                   crc32=int(f["crc32"][i]))
+        raw["where"] = f"{self.path}: record {i} (image id {raw['image_id']}, {name})"
+        j0, j1 = (int(v) for v in ix["jpeg_offsets"][i:i + 2])
+        k0, k1 = (int(v) for v in ix["inst_offsets"][i:i + 2])
+        ro, ao = ix["rle_offsets"], ix["attr_offsets"]
+        if not (0 <= j0 <= j1 <= f["jpeg"].shape[0] and 0 <= k0 <= k1 <= f["classes"].shape[0]
+                and k1 < len(ro) and k1 < len(ao) and 0 <= ro[k0] <= ro[k1] <= f["rle"].shape[0]
+                and 0 <= ao[k0] <= ao[k1] <= f["attr_ids"].shape[0]):
+            raise CacheError(f"{raw['where']}: offsets out of range; the cache is corrupt, "
+                             f"{_REBUILD}")
+        raw["jpeg"] = f["jpeg"][j0:j1]
+        raw["classes"], raw["boxes"] = f["classes"][k0:k1], f["boxes"][k0:k1]
+        raw["rle_offsets"] = ro[k0:k1 + 1] - ro[k0]
+        raw["attr_offsets"] = ao[k0:k1 + 1] - ao[k0]
+        raw["rle"] = f["rle"][ro[k0]:ro[k1]].tobytes() if k1 > k0 else b""
+        raw["attr_ids"] = (f["attr_ids"][ao[k0]:ao[k1]] if k1 > k0 else np.zeros(0, np.int32))
+        return raw
+
+    @staticmethod
+    def _problems(raw: Dict[str, Any]) -> List[str]:
+        """What is wrong with a record read by ``_read``: checksum, class ids, attribute ids."""
+        problems = []
+        crc = _record_crc(raw["image_id"], raw["file_name"], raw["orig_hw"], raw["cache_hw"],
+                          raw["scale"], raw["has_annotations"], raw["jpeg"], raw["classes"],
+                          raw["boxes"], np.diff(raw["rle_offsets"]), raw["rle"],
+                          np.diff(raw["attr_offsets"]), raw["attr_ids"])
+        if crc != raw["crc32"]:
+            problems.append(f"checksum mismatch (stored crc32 {raw['crc32']:08x}, data "
+                            f"{crc:08x}): the stored bytes were altered")
+        ao = raw["attr_offsets"]
+        for j, c in enumerate(raw["classes"]):
+            bad = _id_problem(int(c), [int(a) for a in raw["attr_ids"][ao[j]:ao[j + 1]]])
+            if bad is not None:
+                problems.append(f"instance {j}: {bad[1]}")
+        return problems
+
+    def _record(self, raw: Dict[str, Any]) -> Dict[str, Any]:
+        """Decode a record read by ``_read`` into the mapper's dict."""
+        image = cv2.imdecode(raw["jpeg"], cv2.IMREAD_COLOR)
+        ch, cw = (int(v) for v in raw["cache_hw"])
         if image is None or image.shape[:2] != (ch, cw):
-            raise CacheError(f"{where}: stored JPEG does not decode to {cw}x{ch}")
-        h, w = (int(v) for v in f["orig_hw"][i])
-        rec: Dict[str, Any] = dict(file_name=name, image_id=int(f["image_ids"][i]), height=h,
-                                   width=w, scale=float(f["scales"][i]),
+            raise CacheError(f"{raw['where']}: stored JPEG does not decode to {cw}x{ch}")
+        h, w = (int(v) for v in raw["orig_hw"])
+        rec: Dict[str, Any] = dict(file_name=raw["file_name"], image_id=raw["image_id"], height=h,
+                                   width=w, scale=raw["scale"],
                                    image=np.ascontiguousarray(image[..., ::-1]))
-        if bool(f["has_annotations"][i]):
-            k0, k1 = int(ix["inst_offsets"][i]), int(ix["inst_offsets"][i + 1])
-            ro, ao = ix["rle_offsets"], ix["attr_offsets"]
-            rle = f["rle"][ro[k0]:ro[k1]].tobytes() if k1 > k0 else b""
-            attrs = f["attr_ids"][ao[k0]:ao[k1]] if k1 > k0 else np.zeros(0, np.int32)
-            classes, boxes = f["classes"][k0:k1], f["boxes"][k0:k1]
+        if raw["has_annotations"]:
+            ro, ao = raw["rle_offsets"], raw["attr_offsets"]
+            rle, attrs = raw["rle"], raw["attr_ids"]
             rec["annotations"] = [
-                dict(segmentation={"size": [ch, cw],
-                                   "counts": rle[ro[k] - ro[k0]:ro[k + 1] - ro[k0]]},
-                     category_id=int(classes[k - k0]), bbox_xyxy=boxes[k - k0].tolist(),
-                     attribute_ids=attrs[ao[k] - ao[k0]:ao[k + 1] - ao[k0]].tolist(), iscrowd=0)
-                for k in range(k0, k1)]
+                dict(segmentation={"size": [ch, cw], "counts": rle[ro[j]:ro[j + 1]]},
+                     category_id=int(c), bbox_xyxy=raw["boxes"][j].tolist(),
+                     attribute_ids=attrs[ao[j]:ao[j + 1]].tolist(), iscrowd=0)
+                for j, c in enumerate(raw["classes"])]
         return rec
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        raw = self._read(i)
+        problems = self._problems(raw)
+        if problems:
+            raise CacheError(f"{raw['where']}: " + "; ".join(problems)
+                             + f". The cache is corrupt: {_REBUILD} (or skip bad records with "
+                             "DATASETS.SKIP_INVALID)")
+        return self._record(raw)
 
 
 def verify_cache(path: str) -> List[str]:
-    """Re-read every record: JPEG decodes to its size, RLE sizes, box == mask box, offsets/counts.
+    """Re-read every record: offsets/counts, CRC-32, class and attribute ids, JPEG decodes to its
+    size, RLE sizes, box == mask box.
 
     Returns:
         problems found (empty = the cache is sound); each message names the record.
@@ -294,27 +562,33 @@ def verify_cache(path: str) -> List[str]:
             end = f[data].shape[0] if data else k
             if len(off) != n + 1 or off[0] != 0 or off[-1] != end or (np.diff(off) < 0).any():
                 problems.append(f"{path}: {name} inconsistent with {data or 'classes'}")
-        if int(f.attrs.get("num_images", -1)) != m or f["boxes"].shape[0] != k:
-            problems.append(f"{path}: counts disagree (num_images / boxes vs classes)")
+        per_image = ("file_names", "orig_hw", "cache_hw", "scales", "has_annotations", "crc32")
+        if (int(f.attrs.get("num_images", -1)) != m or f["boxes"].shape[0] != k
+                or any(f[name].shape[0] != m for name in per_image)):
+            problems.append(f"{path}: counts disagree (num_images / per-image arrays / boxes vs "
+                            "classes)")
     if problems:
         return problems
     ds = CachedDataset(path)
     for i in range(len(ds)):
         try:
-            rec = ds[i]
+            raw = ds._read(i)
+            problems.extend(f"{raw['where']}: {p}" for p in ds._problems(raw))
+            rec = ds._record(raw)
         except Exception as e:  # report every bad record, not just the first
-            problems.append(str(e))
+            problems.append(str(e) if isinstance(e, CacheError) else
+                            f"{path}: record {i}: {type(e).__name__}: {e}")
             continue
         ch, cw = rec["image"].shape[:2]
         for j, ann in enumerate(rec.get("annotations", ())):
-            where = f"{path}: record {i} ({rec['file_name']}) instance {j}"
+            where = f"{raw['where']} instance {j}"
             try:
                 mask = mask_util.decode(ann["segmentation"])
             except Exception as e:
                 problems.append(f"{where}: RLE does not decode ({e})")
                 continue
-            if mask.shape != (ch, cw) or not 0 <= ann["category_id"] < 46:
-                problems.append(f"{where}: mask {mask.shape} / class {ann['category_id']} invalid")
+            if mask.shape != (ch, cw):
+                problems.append(f"{where}: mask {mask.shape} invalid (expected {(ch, cw)})")
             elif not np.array_equal(masks_to_boxes(mask[None])[0], np.float32(ann["bbox_xyxy"])):
                 problems.append(f"{where}: stored box {ann['bbox_xyxy']} != mask box")
     return problems

@@ -11,19 +11,43 @@ never stopped:
   protocol. Lightning prefetches one batch ahead, so the loader's own count of yielded batches is
   one too many at save time; the state therefore stores the trainer's count of *processed*
   batches, read through ``progress_fn``.
+
+Worker errors: torch re-creates an exception raised in a DataLoader worker from its message alone,
+so a type whose constructor takes other arguments arrives as a bare ``RuntimeError`` and every
+attribute is lost. :class:`ErrorForwardingDataLoader` (the base of :class:`ResumableDataLoader`, and
+the test loader's class) catches the exception in the worker, sends it pickled as a
+:class:`WorkerError` and raises it again, intact, in the main process, with the worker's traceback
+as its ``__cause__``.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 import random
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+import traceback
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    Sampler,
+    default_collate,
+    default_convert,
+    get_worker_info,
+)
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-__all__ = ["ResumableSampler", "SeededSamples", "ResumableDataLoader"]
+__all__ = [
+    "ResumableSampler",
+    "SeededSamples",
+    "ResumableDataLoader",
+    "ErrorForwardingDataLoader",
+    "WorkerError",
+]
 
 
 def _rank_and_world() -> Tuple[int, int]:
@@ -94,7 +118,118 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
-class ResumableDataLoader(DataLoader):
+class _RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback; set as the re-raised exception's ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class WorkerError:
+    """An exception raised in a DataLoader worker, sent to the main process as data.
+
+    The exception is pickled in the worker and checked to unpickle there; one that cannot be
+    rebuilt is replaced by a ``RuntimeError`` that keeps its type name and message.
+    """
+
+    def __init__(self, exc: BaseException, key: Any) -> None:
+        info = get_worker_info()
+        self.where = (f"DataLoader worker {info.id if info else '?'} (pid {os.getpid()}), "
+                      f"sample {key!r}")
+        self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            self.payload: Optional[bytes] = pickle.dumps(exc)
+            pickle.loads(self.payload)
+        except Exception as e:  # whatever breaks pickling: send the text
+            self.payload = None
+            self.fallback = (f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} (the "
+                             f"exception could not be sent from the worker intact: {e})")
+
+    def exception(self) -> BaseException:
+        """The worker's exception, rebuilt, with the worker's traceback as ``__cause__``."""
+        exc = (pickle.loads(self.payload) if self.payload is not None
+               else RuntimeError(self.fallback))
+        exc.__cause__ = _RemoteTraceback(f"\n\nraised in {self.where}:\n\n{self.traceback}")
+        return exc
+
+
+class _CatchErrors(Dataset):
+    """Worker side: returns a :class:`WorkerError` instead of raising (attributes pass through)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.inner = dataset
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (unpickling): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.inner[key]
+        except Exception as e:
+            return WorkerError(e, key)
+
+
+class _PassErrors:
+    """Worker side: a batch holding a :class:`WorkerError` becomes that error (not collated)."""
+
+    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples: Any) -> Any:
+        if isinstance(samples, WorkerError):
+            return samples
+        if isinstance(samples, list):
+            for s in samples:
+                if isinstance(s, WorkerError):
+                    return s
+        return self.collate_fn(samples)
+
+
+class _ForwardingIter(_MultiProcessingDataLoaderIter):
+    def _next_data(self) -> Any:
+        data = super()._next_data()
+        if isinstance(data, WorkerError):
+            raise data.exception()
+        return data
+
+
+class ErrorForwardingDataLoader(DataLoader):
+    """A DataLoader whose worker exceptions reach the main process intact (type, attributes).
+
+    With ``num_workers > 0`` the dataset is wrapped (its attributes stay reachable through
+    ``loader.dataset``) and ``collate_fn`` too; with no workers nothing changes.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: Optional[int] = 1, *,
+                 num_workers: int = 0, collate_fn: Optional[Callable] = None, **kwargs) -> None:
+        if num_workers > 0:
+            if not isinstance(dataset, _CatchErrors):
+                dataset = _CatchErrors(dataset)
+            if not isinstance(collate_fn, _PassErrors):
+                # DataLoader's own default: default_collate when batching, else default_convert
+                auto = batch_size is not None or kwargs.get("batch_sampler") is not None
+                collate_fn = _PassErrors(collate_fn or (default_collate if auto
+                                                        else default_convert))
+        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers,
+                         collate_fn=collate_fn, **kwargs)
+
+    def _get_iterator(self):  # type: ignore[override]
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        self.check_worker_number_rationality()
+        return _ForwardingIter(self)
+
+
+class ResumableDataLoader(ErrorForwardingDataLoader):
     """DataLoader over a :class:`ResumableSampler` with Lightning's resumable-loader protocol.
 
     Args:

@@ -5,15 +5,22 @@ Every loader and the image reader raise :class:`DatasetIssue`. With ``DATASETS.S
 counts it by reason and lets loading go on without that record; at the end
 :meth:`SkipReport.log_summary` logs one line per reason. With ``skip_invalid=False`` ``handle``
 re-raises, so the first bad record stops the run with a message that says where and what.
+
+:class:`DatasetIssue` pickles with all its fields, so it crosses process boundaries (cache encoder
+processes, DataLoader workers) intact. :func:`collect_skips` gathers the counts of every
+:class:`SkipReport` made while it is active (e.g. inside the dataset loaders) into one report, so a
+tool can log one summary at the end.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Dict, Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Dict, Iterator, Optional, Tuple
 
-__all__ = ["DatasetIssue", "SkipReport", "Reason"]
+__all__ = ["DatasetIssue", "SkipReport", "Reason", "collect_skips"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +65,41 @@ class DatasetIssue(ValueError):
         where = f"{self.source}: {record}" if record else self.source
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # BaseException pickles as ``cls(*self.args)``, and ``args`` is the one message string,
+        # which this constructor cannot take: rebuild from the fields (plus any added state).
+        return (type(self), (self.source, self.problem, self.record, self.reason), self.__dict__)
+
+
+# The report that collect_skips() is gathering into, if any.
+_COLLECTOR: ContextVar[Optional["SkipReport"]] = ContextVar("skip_collector", default=None)
+
+
+@contextmanager
+def collect_skips(report: "SkipReport") -> Iterator["SkipReport"]:
+    """Within the block, every other :class:`SkipReport` forwards what it counts to ``report``.
+
+    The forwarding reports still count for themselves, but leave the logging to ``report``: each
+    item is logged once (by ``report``, under its ``max_logged``) and their own summaries go to
+    DEBUG, so the caller logs a single summary at the end with ``report.log_summary()``.
+    """
+    token = _COLLECTOR.set(report)
+    try:
+        yield report
+    finally:
+        _COLLECTOR.reset(token)
+
 
 class SkipReport:
     """Counts records skipped for bad input, by reason, and logs a summary.
 
     Args:
         name: what is being read (dataset name or file), used in the summary line.
-        max_logged: how many individual issues are logged at WARNING before going quiet.
+        max_logged: how many individual issues are logged at WARNING before going quiet
+            (``None``: all of them).
     """
 
-    def __init__(self, name: str, max_logged: int = 10) -> None:
+    def __init__(self, name: str, max_logged: Optional[int] = 10) -> None:
         self.name = name
         self.max_logged = max_logged
         self.counts: Counter = Counter()
@@ -83,7 +115,10 @@ class SkipReport:
         """Count one skipped/dropped item under ``reason``."""
         self.counts[reason] += 1
         self.first_example.setdefault(reason, message)
-        if self.total <= self.max_logged:
+        collector = _COLLECTOR.get()
+        if collector is not None and collector is not self:
+            collector.add(reason, message)
+        elif self.max_logged is None or self.total <= self.max_logged:
             logger.warning("%s: %s", reason, message)
 
     @property
@@ -103,7 +138,12 @@ class SkipReport:
         return "\n".join(lines)
 
     def log_summary(self, log: Optional[logging.Logger] = None) -> None:
-        (log or logger).log(logging.WARNING if self.counts else logging.INFO, self.summary())
+        collector = _COLLECTOR.get()
+        if collector is not None and collector is not self:
+            level = logging.DEBUG  # counted in the collector, which logs the one summary
+        else:
+            level = logging.WARNING if self.counts else logging.INFO
+        (log or logger).log(level, self.summary())
 
     def merge(self, other: "SkipReport") -> None:
         """Add another report's counts (e.g. from a DataLoader worker)."""
