@@ -18,7 +18,8 @@ run() {  # run NAME ARGS...: one table, one JSON; a failure does not stop the su
   timeout 900 $B "$@" --output "$OUT/$name.json" 2>&1 | grep -v -i warning | tee -a "$LOG"
 }
 # 1. the headline: bf16, bs 32, fixed 100 detections, all models, floor included
-run bf16_bs32_fixed100 --models d0 d0_fast d1 d2 baseline --batch-sizes 32 --precisions bf16 --floor
+run bf16_bs32_fixed100 --models d0 d0_fast d1 d2 lite0 lite1 lite2 baseline --batch-sizes 32 \
+  --precisions bf16 --floor
 # 2. fp32 for reference, and the larger batch
 run fp32_bs32_fixed100 --models d0 baseline --batch-sizes 32 --precisions fp32 --floor
 run bf16_bs128_fixed100 --models d0 baseline --batch-sizes 128 --precisions bf16 --floor

@@ -2,13 +2,19 @@
 training RoIs that look like detections."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torchvision.ops import box_iou
 
-from effdetmask.modeling.mask_head import jitter_boxes, mask_rcnn_targets, select_training_rois
+from effdetmask.modeling.mask_head import (
+    jitter_boxes,
+    mask_rcnn_targets,
+    select_training_rois,
+    unreachable_levels,
+)
 from effdetmask.modeling.roi_pool import MultiLevelRoIAlign, assign_fpn_levels
 
 STRIDES = (8, 16, 32, 64)
@@ -34,7 +40,7 @@ def test_pooled_bins_sit_on_the_mask_target_grid():
     bins of a P3 box were half a stride (4 px) off."""
     size = 512
     pooler = MultiLevelRoIAlign(strides=STRIDES, output_size=R, sampling_ratio=2,
-                                canonical_box_size=size / 8, canonical_level=4)
+                                canonical_box_size=size / 8, canonical_level=4)  # all 4 in use
     boxes = torch.tensor([[100.0, 120, 140, 152], [150, 90, 230, 200], [64, 96, 240, 300],
                           [40, 50, 470, 480]])
     levels = assign_fpn_levels(boxes, min_level=3, max_level=6, canonical_box_size=size / 8,
@@ -60,18 +66,36 @@ def test_mask_targets_use_pixel_centres():
     assert target[0, 5].tolist() == [1.0] * 14 + [0.0] * 14
 
 
-@pytest.mark.parametrize("size", [256, 512, 768])
-def test_every_mask_level_receives_boxes_at_the_input_size(size):
-    """With B0 = INPUT.SIZE / 8 a box of side s pools from P3 (s < S/8) .. P6 (s >= S/2). The old
-    rule (224 px, tuned for ~1000 px inputs) sent no box to P6 at these sizes."""
-    sides = torch.tensor([size / 16, size / 6, size / 3, size * 0.75])
-    boxes = torch.stack([torch.zeros(4), torch.zeros(4), sides, sides], dim=1)
-    levels = assign_fpn_levels(boxes, min_level=3, max_level=6, canonical_box_size=size / 8,
-                               canonical_level=4)
-    assert levels.tolist() == [0, 1, 2, 3]
-    old = assign_fpn_levels(boxes, min_level=3, max_level=6, canonical_box_size=224,
-                            canonical_level=4)
-    assert 3 not in old.tolist()
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIG_DIR.rglob("*.yaml")
+                                        if not p.name.startswith("Base-")),
+                         ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_no_shipped_config_lists_a_dead_mask_level(path):
+    """Every level a shipped config pools from receives boxes at its input size (the configs once
+    listed P6, which no box below ~900 px inputs reaches under the 224 px rule)."""
+    from effdetmask.config import setup_cfg
+
+    cfg = setup_cfg(str(path))
+    if cfg.MODEL.META_ARCHITECTURE != "EffDetMask":
+        pytest.skip("torchvision's own pooler")
+    head = cfg.MODEL.ROI_MASK_HEAD
+    levels = list(head.IN_LEVELS)
+    assert unreachable_levels(levels, cfg.INPUT.SIZE, head.CANONICAL_BOX_SIZE,
+                              head.CANONICAL_LEVEL) == []
+    # the largest box of the input lands on the top listed level (or beyond, clamped)
+    sides = torch.tensor([[0.0, 0.0, cfg.INPUT.SIZE, cfg.INPUT.SIZE]])
+    top = assign_fpn_levels(sides, min_level=levels[0], max_level=levels[-1],
+                            canonical_box_size=head.CANONICAL_BOX_SIZE,
+                            canonical_level=head.CANONICAL_LEVEL)
+    assert int(top) == len(levels) - 1
+
+
+def test_unreachable_levels_are_named():
+    assert unreachable_levels([3, 4, 5, 6], 512, 224, 4) == [6]
+    assert unreachable_levels([3, 4, 5, 6], 256, 224, 4) == [5, 6]
+    assert unreachable_levels([3, 4, 5, 6], 1024, 224, 4) == []
 
 
 def test_jittered_gt_boxes_join_the_training_rois():

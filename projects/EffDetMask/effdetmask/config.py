@@ -117,13 +117,15 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     # --------------------------------------------------------------------------- mask head
     _C.MODEL.ROI_MASK_HEAD = CfgNode()
     _C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"  # ROI_MASK_HEAD_REGISTRY name
-    _C.MODEL.ROI_MASK_HEAD.IN_LEVELS = [3, 4, 5, 6]  # pyramid levels RoIAlign pools from
+    _C.MODEL.ROI_MASK_HEAD.IN_LEVELS = [3, 4, 5]  # pyramid levels RoIAlign pools from
     _C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14  # RoIAlign output size
     _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2  # RoIAlign sampling ratio
-    # FPN level rule: a box of sqrt(area) s pools from level floor(CANONICAL_LEVEL + log2(s / B0))
-    # (clamped to IN_LEVELS). B0 = this fraction of INPUT.SIZE; Mask R-CNN's 224 px at ~1000 px
-    # inputs is about 0.22 and sends nothing to P6 below 1000 px inputs.
-    _C.MODEL.ROI_MASK_HEAD.CANONICAL_BOX_FRACTION = 0.125
+    # FPN level rule: a box of sqrt(area) s pools from level floor(CANONICAL_LEVEL + log2(s / B0)),
+    # clamped to IN_LEVELS; B0 = this many input pixels. Mask R-CNN's 224 px at level 4 makes a box
+    # span about POOLER_RESOLUTION cells of its level whatever the input size, so a level is used
+    # only where boxes are that large: P5 needs s >= 448 px, P6 s >= 896 px (a warning names levels
+    # no box can reach at INPUT.SIZE)
+    _C.MODEL.ROI_MASK_HEAD.CANONICAL_BOX_SIZE = 224.0
     _C.MODEL.ROI_MASK_HEAD.CANONICAL_LEVEL = 4  # the level a box of size B0 pools from
     _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256  # width of the head's 3x3 convs (paper: 256)
     _C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # number of 3x3 convs before the 2x deconv

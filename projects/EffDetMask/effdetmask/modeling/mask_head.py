@@ -6,6 +6,8 @@ masks into images are functions, as in torchvision's ``roi_heads``.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -18,14 +20,25 @@ from .paste import paste_masks_in_image
 from .registry import ROI_MASK_HEAD_REGISTRY
 from .roi_pool import MultiLevelRoIAlign
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "MaskRCNNConvUpsampleHead",
     "select_training_rois",
     "jitter_boxes",
+    "unreachable_levels",
     "mask_rcnn_targets",
     "mask_rcnn_loss",
     "paste_masks_in_image",
 ]
+
+
+def unreachable_levels(in_levels: Sequence[int], image_size: int, canonical_box_size: float,
+                       canonical_level: int) -> List[int]:
+    """The levels of ``in_levels`` above the one an ``image_size``-wide box is assigned to:
+    no box of that input ever pools from them."""
+    top = math.floor(canonical_level + math.log2(image_size / canonical_box_size) + 1e-6)
+    return [lvl for lvl in in_levels if lvl > max(top, min(in_levels))]
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -48,7 +61,7 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         sampling_ratio: int = 2,
         conv_dim: int = 256,
         num_conv: int = 4,
-        canonical_box_size: float = 64.0,
+        canonical_box_size: float = 224.0,
         canonical_level: int = 4,
     ) -> None:
         super().__init__()
@@ -60,7 +73,14 @@ class MaskRCNNConvUpsampleHead(nn.Module):
                 f"{sorted(input_shape)}"
             )
         # a box pools from level floor(canonical_level + log2(sqrt(area) / canonical_box_size)),
-        # clamped to the given levels: the FPN assignment of the Mask R-CNN paper, rescaled
+        # clamped to the given levels: the FPN assignment of the Mask R-CNN paper
+        dead = unreachable_levels(in_levels, image_size, canonical_box_size, canonical_level)
+        if dead:
+            logger.warning(
+                "ROI_MASK_HEAD.IN_LEVELS %s: no box of a %d px input reaches level(s) %s (a box "
+                "of side s pools from floor(%d + log2(s / %g))); drop them or lower "
+                "CANONICAL_BOX_SIZE", list(in_levels), image_size, dead, canonical_level,
+                canonical_box_size)
         self.pooler = MultiLevelRoIAlign(
             strides=[input_shape[n].stride for n in self.in_features],
             output_size=pooler_resolution, sampling_ratio=sampling_ratio,
@@ -95,7 +115,7 @@ class MaskRCNNConvUpsampleHead(nn.Module):
             sampling_ratio=head.POOLER_SAMPLING_RATIO,
             conv_dim=head.CONV_DIM,
             num_conv=head.NUM_CONV,
-            canonical_box_size=head.CANONICAL_BOX_FRACTION * cfg.INPUT.SIZE,
+            canonical_box_size=head.CANONICAL_BOX_SIZE,
             canonical_level=head.CANONICAL_LEVEL,
         )
 
