@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from pycocotools.coco import COCO
 
 import effdetmask.modeling  # noqa: F401  (effdet imported under effdetmask's warning filter)
@@ -33,12 +32,7 @@ def _load_demo():
 demo = _load_demo()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _run(inputs, out_dir, *extra):

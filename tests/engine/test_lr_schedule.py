@@ -11,15 +11,16 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-import torch
 
-from effdetmask.config import get_cfg, setup_cfg
+from effdetmask.config import setup_cfg
 from effdetmask.data import resumable_loader
 from effdetmask.data.resumable_loader import ResumableDataLoader, ResumableSampler, SeededSamples
 from effdetmask.engine.defaults import LaunchSpec
 from effdetmask.engine.lightning_module import EffDetMaskModule
-from effdetmask.engine.solver import SolverSpec, build_lr_scheduler, build_optimizer
+from effdetmask.engine.solver import build_lr_scheduler, build_optimizer
 from effdetmask.engine.trainer import train
+
+from .test_solver import _model, _spec
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "quick_schedules" / "effdet_d0_tiny_test.yaml")
@@ -232,17 +233,6 @@ def test_unknown_epoch_length_is_a_clear_error_for_the_step_schedule():
 
 
 # ------------------------------------------------------------------- warm-up and plateau
-def _spec(**overrides):
-    cfg = get_cfg()
-    for key, value in overrides.items():
-        setattr(cfg.SOLVER, key, value)
-    return SolverSpec.from_config(cfg)
-
-
-def _model():
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-
-
 def test_lambda_warmup_rises_linearly_then_follows_the_step_decay():
     spec = _spec(
         LR_SCHEDULER="step",

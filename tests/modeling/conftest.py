@@ -14,12 +14,8 @@ SIZE = 128
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine is shared; one thread keeps the suite's footprint small and timings stable
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every model test runs on one thread (tests/conftest.py)."""
 
 
 def make_inputs(

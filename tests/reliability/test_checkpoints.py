@@ -29,12 +29,7 @@ CPU = LaunchSpec(accelerator="cpu", devices=1, num_nodes=1, node_rank=0,
                  master_addr="127.0.0.1", master_port=29531)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class _Payload:
