@@ -2,14 +2,25 @@
 """Predict instances on images; write overlays, per-instance panels and a COCO results JSON.
 
     python demo.py --config-file configs/effdet_d0.yaml --input IMG_OR_DIR [IMG ...] \\
-        --output OUT_DIR [--confidence-threshold 0.3] [--panel] [--ground-truth JSON ...] \\
+        --output OUT_DIR [--confidence-threshold 0.5] [--panel] [--ground-truth JSON ...] \\
         [--max-size 1280] [KEY VALUE ...]  (e.g. MODEL.WEIGHTS output/model_final.safetensors)
 
 Per image: ``<name>_overlay.png`` (masks, boxes, labels); with --panel ``<name>_panel.png`` (one
 cell per instance); for images a --ground-truth JSON annotates, ``<name>_gt.png`` (annotations
 left, predictions right) and with --panel ``<name>_gt_panel.png``. Also ``coco_results.json``
 (COCO results, RLE masks, Fashionpedia category ids; image ids from the ground truth where an
-image has one).
+image has one). The drawings show instances scoring at least --confidence-threshold (default 0.5,
+as detectron2's demo); coco_results.json keeps every detection above the model's
+TEST.SCORE_THRESH (the evaluation threshold, 0.05 by default; set it as a KEY VALUE override).
+
+Photos are predicted and drawn in their displayed orientation (EXIF Orientation applied), and
+their results' boxes, masks, height and width refer to it. Images a --ground-truth JSON annotates
+keep the stored pixel orientation its annotations refer to.
+
+A file that cannot be read (missing, corrupt, truncated) is reported and skipped; the skipped files
+are listed at the end with the reason. coco_results.json is rewritten (atomically) after every
+batch, so it holds every image processed so far even if the run dies later. The exit status is
+non-zero only if no image could be processed.
 
 Without MODEL.WEIGHTS the model has random weights and its predictions are NOISE; the
 ground-truth view still checks the data pipeline (loader, taxonomy remap, masks, drawing).
@@ -21,16 +32,19 @@ import argparse
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from effdetmask.config import setup_cfg
 from effdetmask.data.fashionpedia import load_fashionpedia_json
+from effdetmask.data.image_io import read_image_rgb
 from effdetmask.data.taxonomy import class_colors, class_names, fashionpedia_metadata
+from effdetmask.data.validation import DatasetIssue
 from effdetmask.engine.defaults import check_device
 from effdetmask.evaluation.coco_evaluator import instances_to_coco_json
-from effdetmask.predictor import BatchPredictor, load_images_rgb
+from effdetmask.predictor import BatchPredictor
 from effdetmask.vis import Visualizer
 from effdetmask.vis_pages import write_instance_pngs
 
@@ -38,6 +52,7 @@ logger = logging.getLogger("effdetmask.demo")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RESULTS_FILE = "coco_results.json"
+DISPLAY_THRESHOLD = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
                         help="image files and/or folders of images")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the outputs")
-    parser.add_argument("--confidence-threshold", type=float, default=None,
-                        help="minimum score of a drawn/saved instance (TEST.SCORE_THRESH)")
+    parser.add_argument("--confidence-threshold", type=float, default=DISPLAY_THRESHOLD,
+                        help="minimum score of a DRAWN instance (default %(default)s, as "
+                        "detectron2's demo); coco_results.json keeps every detection above the "
+                        "model's TEST.SCORE_THRESH (0.05 by default; override it as a KEY VALUE "
+                        "pair, e.g. TEST.SCORE_THRESH 0.3)")
     parser.add_argument("--panel", action="store_true", help="also write <name>_panel.png")
     parser.add_argument("--ground-truth", action="append", default=[], metavar="JSON",
                         help="Fashionpedia/COCO json (repeatable); its annotations are drawn "
@@ -99,8 +117,44 @@ def _unique_stem(path: str, seen: Dict[str, int]) -> str:
     return stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"
 
 
+def _read_image(path: str, record: Optional[Dict[str, Any]]
+                ) -> Tuple[np.ndarray, Optional[Dict[str, Any]]]:
+    """Decode ``path`` to RGB; returns it with its ground truth, None where that does not fit.
+
+    An annotated image keeps the stored pixel grid its annotations refer to; any other photo is
+    decoded as displayed (EXIF Orientation applied).
+
+    Raises:
+        DatasetIssue: a missing, empty, truncated or undecodable file.
+    """
+    image = read_image_rgb(path, apply_exif_orientation=record is None)
+    if record is not None and (record["height"], record["width"]) != image.shape[:2]:
+        # same name, other pixels (a resized or rotated copy): its masks would not fit
+        logger.warning("%s is %dx%d but the ground truth's %s is %dx%d: not drawn",
+                       path, image.shape[1], image.shape[0], record["file_name"],
+                       record["width"], record["height"])
+        image, record = read_image_rgb(path, apply_exif_orientation=True), None
+    return image, record
+
+
+def _write_results(path: str, serialized: Sequence[str]) -> None:
+    """Write a JSON list of already serialized results atomically (a temp file, then a rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("[" + ",".join(serialized) + "]")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Run the demo; returns ``{"results_file": path, "images": {name: [written PNGs]}}``."""
+    """Run the demo.
+
+    Returns:
+        ``{"results_file": path, "images": {name: [written PNGs]}, "skipped": [(path, reason)]}``.
+    Raises:
+        SystemExit: bad arguments (2), or not a single image could be processed (1).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
@@ -112,10 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 raise FileNotFoundError(f"--ground-truth {json_file}: no such file")
     except FileNotFoundError as e:
         parser.error(str(e))
-    opts = list(args.opts)
-    if args.confidence_threshold is not None:
-        opts += ["TEST.SCORE_THRESH", str(args.confidence_threshold)]
-    cfg = setup_cfg(args.config_file, opts)
+    cfg = setup_cfg(args.config_file, list(args.opts))
     try:
         check_device(cfg.MODEL.DEVICE)
     except ValueError as e:
@@ -130,43 +181,61 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     vis = Visualizer(class_names(), class_colors())
     to_dataset_id = {v: k for k, v in
                      fashionpedia_metadata()["thing_dataset_id_to_contiguous_id"].items()}
-    coco_results: List[Dict[str, Any]] = []
+    os.makedirs(args.output, exist_ok=True)
+    results_file = os.path.join(args.output, RESULTS_FILE)
+    serialized: List[str] = []  # each result's JSON, so a rewrite of the file only joins them
     written: Dict[str, List[str]] = {}
+    skipped: List[Tuple[str, str]] = []
     seen: Dict[str, int] = {}
-    # the demo decodes each chunk itself because it draws on the images too; a chunk of
-    # TEST.IMS_PER_BATCH images is one forward pass of the predictor
-    for start in range(0, len(files), predictor.batch_size):
-        chunk = files[start:start + predictor.batch_size]
-        images = [rgb for rgb, _ in load_images_rgb(chunk)]
-        for path, image, inst in zip(chunk, images, predictor(images)):
+
+    def run_batch(batch: List[Tuple[str, np.ndarray, Optional[Dict[str, Any]]]]) -> None:
+        nonlocal next_id
+        outputs = predictor([image for _, image, _ in batch])
+        for (path, image, record), inst in zip(batch, outputs):
             height, width = image.shape[:2]
-            record = gt.get(os.path.basename(path))
-            if record is not None and (record["height"], record["width"]) != (height, width):
-                # same name, other pixels (a resized or rotated copy): its masks would not fit
-                logger.warning("%s is %dx%d but the ground truth's %s is %dx%d: not drawn",
-                               path, width, height, record["file_name"], record["width"],
-                               record["height"])
-                record = None
             if record is None:
                 image_id, next_id = next_id, next_id + 1
             else:
                 image_id = int(record["image_id"])
             results = instances_to_coco_json(inst, image_id, height, width)
-            coco_results += [{**r, "category_id": to_dataset_id[r["category_id"]]}
-                             for r in results]
+            serialized.extend(json.dumps({**r, "category_id": to_dataset_id[r["category_id"]]})
+                              for r in results)
             name = _unique_stem(path, seen)
             written[name] = write_instance_pngs(
                 vis, os.path.join(args.output, name), image, inst, record, args.max_size,
-                args.panel, noise=not cfg.MODEL.WEIGHTS)
+                args.panel, noise=not cfg.MODEL.WEIGHTS, min_score=args.confidence_threshold)
             logger.info("%s: %d instances%s", path, len(results),
                         "" if record is None else f", {len(record['annotations'])} annotated")
-    results_file = os.path.join(args.output, RESULTS_FILE)
-    os.makedirs(args.output, exist_ok=True)
-    with open(results_file, "w", encoding="utf-8") as f:
-        json.dump(coco_results, f)
-    logger.info("wrote %d detections of %d images to %s", len(coco_results), len(files),
+        # after every batch: the file holds every image processed so far if the run dies later
+        _write_results(results_file, serialized)
+
+    # the demo decodes the images itself because it draws on them too; a batch of
+    # TEST.IMS_PER_BATCH readable images is one forward pass of the predictor
+    batch: List[Tuple[str, np.ndarray, Optional[Dict[str, Any]]]] = []
+    for path in files:
+        try:
+            image, record = _read_image(path, gt.get(os.path.basename(path)))
+        except (DatasetIssue, OSError) as e:  # DatasetIssue names the file
+            problem = e.problem if isinstance(e, DatasetIssue) else str(e)
+            logger.warning("skipping %s: %s", path, problem)
+            skipped.append((path, problem))
+            continue
+        batch.append((path, image, record))
+        if len(batch) == predictor.batch_size:
+            run_batch(batch)
+            batch = []
+    if batch:
+        run_batch(batch)
+    _write_results(results_file, serialized)
+    logger.info("wrote %d detections of %d images to %s", len(serialized), len(written),
                 results_file)
-    return {"results_file": results_file, "images": written}
+    if skipped:
+        logger.warning("skipped %d of %d files:\n%s", len(skipped), len(files),
+                       "\n".join(f"  {path}: {reason}" for path, reason in skipped))
+    if not written:
+        logger.error("no image could be processed")
+        raise SystemExit(1)
+    return {"results_file": results_file, "images": written, "skipped": skipped}
 
 
 if __name__ == "__main__":

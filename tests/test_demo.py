@@ -1,12 +1,14 @@
 """demo.py end to end on a tiny model: PNGs, a COCO results JSON pycocotools accepts, errors."""
 
 import importlib.util
+import io
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
 
 import effdetmask.modeling  # noqa: F401  (effdet imported under effdetmask's warning filter)
@@ -117,3 +119,40 @@ def test_missing_input_is_a_clear_error(tmp_path, capsys):
         _run([tmp_path], tmp_path / "out")  # a folder without images
     assert "no image files" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_exif_rotated_photo_is_predicted_upright(tmp_path):
+    exif = Image.Exif()
+    exif[274] = 6  # displayed rotated 90 degrees clockwise
+    buf = io.BytesIO()
+    Image.fromarray(np.full((90, 160, 3), 120, np.uint8)).save(buf, "JPEG", exif=exif)
+    (tmp_path / "phone.jpg").write_bytes(buf.getvalue())  # stores 90 x 160 pixels
+    out = _run([tmp_path / "phone.jpg"], tmp_path / "out")
+    assert _check_png(tmp_path / "out" / "phone_overlay.png").shape == (160, 90, 3)
+    results = json.loads(Path(out["results_file"]).read_text())
+    assert results and all(r["segmentation"]["size"] == [160, 90] for r in results)
+    for r in results:
+        x, y, w, h = r["bbox"]
+        assert x + w <= 90 + 1e-3 and y + h <= 160 + 1e-3
+
+
+def test_display_threshold_is_not_the_results_threshold(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        demo.build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default 0.5" in text and "TEST.SCORE_THRESH" in text
+    _generated_image(tmp_path / "synthetic.png")
+    drawn_with = []
+    real = demo.write_instance_pngs
+
+    def record_min_score(*args, **kwargs):
+        drawn_with.append(kwargs["min_score"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(demo, "write_instance_pngs", record_min_score)
+    _run([tmp_path / "synthetic.png"], tmp_path / "default")
+    assert drawn_with == [0.5]  # like detectron2's demo, not the evaluation threshold (0.05)
+    # a display threshold above every score leaves the JSON with all TEST.SCORE_THRESH detections
+    out = _run([tmp_path / "synthetic.png"], tmp_path / "strict", "--confidence-threshold", "1.0")
+    assert drawn_with[-1] == 1.0
+    assert len(json.loads(Path(out["results_file"]).read_text())) == 4

@@ -1,6 +1,8 @@
 """BatchPredictor: RGB/BGR arrays and paths agree, original-size outputs, batching, clear errors."""
 
 import copy
+import io
+from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import cv2
@@ -8,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 import effdetmask.modeling  # noqa: F401  (effdet imported under effdetmask's warning filter)
 from effdetmask.config import setup_cfg
+from effdetmask.data.image_io import read_image_rgb
 from effdetmask.data.validation import DatasetIssue
 from effdetmask.predictor import BatchPredictor
 
@@ -88,9 +92,11 @@ class _Recorder(nn.Module):
         super().__init__()
         self.model = model
         self.batch_sizes: List[int] = []
+        self.sizes: List[tuple] = []  # (height, width) of every input image
 
     def forward(self, batched_inputs, return_rle=None):
         self.batch_sizes.append(len(batched_inputs))
+        self.sizes += [(d["height"], d["width"]) for d in batched_inputs]
         return self.model(batched_inputs, return_rle=return_rle)
 
 
@@ -129,6 +135,34 @@ def test_bad_inputs_give_clear_errors(predictor, tmp_path):
     with pytest.raises(ValueError, match="input_format"):
         predictor([_image(20, 20)], input_format="BRG")
     assert predictor([]) == []
+
+
+def _exif_rotated_jpeg(path: Path, h: int, w: int) -> None:
+    """A JPEG storing ``h x w`` pixels with EXIF Orientation 6: displayed rotated 90 clockwise."""
+    exif = Image.Exif()
+    exif[274] = 6
+    buf = io.BytesIO()
+    Image.fromarray(_image(h, w, seed=2)).save(buf, "JPEG", exif=exif, quality=95)
+    path.write_bytes(buf.getvalue())
+
+
+def test_exif_orientation_applied_to_files(predictor, tmp_path):
+    path = tmp_path / "phone.jpg"
+    _exif_rotated_jpeg(path, 60, 100)
+    stored = read_image_rgb(str(path))  # the dataset reader: stored pixels, as annotations are
+    assert stored.shape == (60, 100, 3)
+    recorder = _Recorder(predictor.model)
+    upright = BatchPredictor(recorder, image_size=128)
+    inst = upright([path])[0]
+    assert recorder.sizes == [(100, 60)]  # the model sees the displayed (rotated) image
+    assert inst["masks"].shape[1:] == (100, 60)
+    assert (inst["boxes"][:, 2] <= 60).all() and (inst["boxes"][:, 3] <= 100).all()
+    # the same as predicting on the stored pixels turned 90 degrees clockwise
+    _assert_same(inst, predictor([np.ascontiguousarray(np.rot90(stored, k=-1))])[0])
+    # the explicit opt-out keeps the stored grid (to compare with dataset annotations)
+    as_stored = BatchPredictor(recorder, image_size=128, apply_exif_orientation=False)
+    assert as_stored([path])[0]["masks"].shape[1:] == (60, 100)
+    assert recorder.sizes[-1] == (60, 100)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,6 +7,12 @@ zero padding), and the model maps its outputs back to original pixels itself.
 Channel order: files are decoded to RGB by :func:`~effdetmask.data.image_io.read_image_rgb`;
 arrays are taken as **RGB** ``np.uint8 [H, W, 3]`` unless ``input_format="BGR"`` is passed (arrays
 from ``cv2.imread``).
+
+Orientation: files are decoded as a viewer displays them, i.e. with the EXIF Orientation tag
+applied (a phone photo taken upright is predicted upright), so boxes, masks, ``height`` and
+``width`` refer to the displayed image. Dataset loading does the opposite (annotations are in the
+stored pixel grid); pass ``apply_exif_orientation=False`` to predict on the stored pixels, e.g.
+to compare with such annotations. Arrays are taken as they are.
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ def _check_format(input_format: str) -> None:
         raise ValueError(f"input_format must be one of {_FORMATS}, got {input_format!r}")
 
 
-def _as_rgb(image: ImageInput, index: int, input_format: str) -> Tuple[np.ndarray, str]:
+def _as_rgb(image: ImageInput, index: int, input_format: str,
+            apply_exif_orientation: bool = True) -> Tuple[np.ndarray, str]:
     """One input -> (RGB ``np.uint8 [H, W, 3]``, name for messages and ``file_name``)."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
-        return read_image_rgb(path), path  # DatasetIssue naming the file when missing/corrupt
+        # DatasetIssue naming the file when missing/corrupt
+        return read_image_rgb(path, apply_exif_orientation=apply_exif_orientation), path
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image {index}: expected a file path or a numpy array, "
                         f"got {type(image).__name__}")
@@ -51,20 +59,24 @@ def _as_rgb(image: ImageInput, index: int, input_format: str) -> Tuple[np.ndarra
     return np.ascontiguousarray(rgb), f"<array {index}>"
 
 
-def load_images_rgb(images: Sequence[ImageInput],
-                    input_format: str = "RGB") -> List[Tuple[np.ndarray, str]]:
+def load_images_rgb(images: Sequence[ImageInput], input_format: str = "RGB", *,
+                    apply_exif_orientation: bool = True) -> List[Tuple[np.ndarray, str]]:
     """Decode paths / convert arrays to RGB ``np.uint8 [H, W, 3]``, with a name for each.
 
     Args:
         images: file paths, or ``np.uint8 [H, W, 3]`` arrays in ``input_format`` channel order.
         input_format: ``"RGB"`` or ``"BGR"``; applies to arrays only (files are always decoded
             to RGB).
+        apply_exif_orientation: decode files in their displayed orientation (EXIF Orientation
+            applied, the default for photos without annotations); False keeps the stored pixels
+            (the dataset rule: annotations refer to them).
     Raises:
         DatasetIssue: a missing, empty, truncated or undecodable file (the message names it).
         TypeError / ValueError: an input that is not a path or a ``uint8 [H, W, 3]`` array.
     """
     _check_format(input_format)
-    return [_as_rgb(image, i, input_format) for i, image in enumerate(images)]
+    return [_as_rgb(image, i, input_format, apply_exif_orientation)
+            for i, image in enumerate(images)]
 
 
 class BatchPredictor:
@@ -77,6 +89,8 @@ class BatchPredictor:
         batch_size: images per forward pass (``TEST.IMS_PER_BATCH``).
         return_rle: ask the model for ``masks_rle`` (COCO RLE, ``str`` counts) instead of dense
             masks; dense ``[N, H, W]`` masks of a large photo take ``N * H * W`` bytes.
+        apply_exif_orientation: decode image files with their EXIF Orientation applied (default),
+            so results are in the displayed orientation; False: in the stored pixel grid.
 
     Calling it returns, per image, the instances of ``docs/interfaces.md`` on the CPU:
     ``boxes`` ``float32 [N, 4]`` xyxy in original-image pixels, ``scores`` ``float32 [N]``,
@@ -85,12 +99,13 @@ class BatchPredictor:
     """
 
     def __init__(self, model: nn.Module, *, image_size: int, batch_size: int = 4,
-                 return_rle: bool = False) -> None:
+                 return_rle: bool = False, apply_exif_orientation: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.batch_size = int(batch_size)
         self.return_rle = bool(return_rle)
+        self.apply_exif_orientation = bool(apply_exif_orientation)
         # the evaluation mapper: no flip / grayscale, and no annotations to read
         self.mapper = DatasetMapper(image_size=image_size, is_train=False,
                                     attribute_id_to_index={})
@@ -117,7 +132,9 @@ class BatchPredictor:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             batch = []
-            for k, (rgb, name) in enumerate(load_images_rgb(chunk, input_format)):
+            loaded = load_images_rgb(chunk, input_format,
+                                     apply_exif_orientation=self.apply_exif_orientation)
+            for k, (rgb, name) in enumerate(loaded):
                 h, w = rgb.shape[:2]
                 # the mapper's "image" entry (cache-record form) skips a second decode
                 batch.append(self.mapper({"image": rgb, "height": h, "width": w,
