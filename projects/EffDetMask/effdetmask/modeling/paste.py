@@ -16,7 +16,7 @@ from typing import Iterator, List, Sequence, Tuple
 
 import torch
 
-__all__ = ["paste_masks_in_image", "paste_masks_in_images", "axis_weights"]
+__all__ = ["paste_masks_in_image", "paste_masks_in_images", "iter_pasted_crops", "axis_weights"]
 
 # Materialise at most this many float pixels per batched matmul (1 GiB in float32).
 _PASTE_MEMORY_PIXELS = 1 << 28
@@ -60,18 +60,29 @@ def _resample(probs: torch.Tensor, boxes: torch.Tensor, rows: torch.Tensor, cols
     return torch.bmm(torch.bmm(wy, probs.float()), wx.transpose(1, 2))
 
 
+def _canvas_chunk(height: int, width: int, n: int) -> int:
+    """Masks per batched matmul on a ``height x width`` canvas (``_PASTE_MEMORY_PIXELS`` floats)."""
+    return max(1, min(n, _PASTE_MEMORY_PIXELS // max(1, height * width)))
+
+
+def _iter_batched(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+                  threshold: float) -> Iterator[Tuple[int, torch.Tensor]]:
+    """``(start, bool [c, height, width])`` chunks of all masks on the full canvas."""
+    rows = torch.arange(height, device=boxes.device)
+    cols = torch.arange(width, device=boxes.device)
+    chunk = _canvas_chunk(height, width, mask_probs.shape[0])
+    for s in range(0, mask_probs.shape[0], chunk):
+        # a pixel outside the box has all-zero weights, so it stays off for any threshold > 0
+        yield s, _resample(mask_probs[s:s + chunk], boxes[s:s + chunk], rows, cols) >= threshold
+
+
 def _paste_batched(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
                    threshold: float) -> torch.Tensor:
     """All masks on the full ``height x width`` canvas (GPU path: no host sync at all)."""
-    n = mask_probs.shape[0]
-    out = torch.empty(n, height, width, dtype=torch.bool, device=mask_probs.device)
-    rows = torch.arange(height, device=boxes.device)
-    cols = torch.arange(width, device=boxes.device)
-    chunk = max(1, min(n, _PASTE_MEMORY_PIXELS // max(1, height * width)))
-    for s in range(0, n, chunk):
-        # a pixel outside the box has all-zero weights, so it stays off for any threshold > 0
-        out[s:s + chunk] = _resample(mask_probs[s:s + chunk], boxes[s:s + chunk], rows,
-                                     cols) >= threshold
+    out = torch.empty(mask_probs.shape[0], height, width, dtype=torch.bool,
+                      device=mask_probs.device)
+    for s, masks in _iter_batched(mask_probs, boxes, height, width, threshold):
+        out[s:s + len(masks)] = masks
     return out
 
 
@@ -91,22 +102,89 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _crop_windows(boxes: torch.Tensor, height: int, width: int) -> List[List[int]]:
+    """Per box ``[x0, y0, x1, y1]`` (ints): the pixels whose centre can lie inside it, clipped to
+    the image; empty (``x1 <= x0`` or ``y1 <= y0``) when the box misses the image."""
+    lo = boxes[:, :2].floor().clamp(min=0).long()
+    hi = torch.minimum(boxes[:, 2:].ceil(), boxes.new_tensor([width, height])).long()
+    return torch.cat([lo, hi], 1).tolist()
+
+
+# Masks whose full-axis weights are built at once on the crop path (bounds their memory).
+_CROP_WEIGHT_CHUNK = 32
+
+
+def _iter_crops(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+                threshold: float) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    """Each mask computed on its own box crop only (CPU path: the least arithmetic)."""
+    probs = mask_probs.float()
+    windows = _crop_windows(boxes, height, width)
+    rows, cols = torch.arange(height), torch.arange(width)
+    for s in range(0, probs.shape[0], _CROP_WEIGHT_CHUNK):
+        e = s + _CROP_WEIGHT_CHUNK
+        with _single_thread():
+            # weights of the whole image axis for a few masks at once, sliced per box below
+            wy = axis_weights(boxes[s:e, 1], boxes[s:e, 3], rows, probs.shape[1])
+            wx = axis_weights(boxes[s:e, 0], boxes[s:e, 2], cols, probs.shape[2])
+        for k, (x0, y0, x1, y1) in enumerate(windows[s:e]):
+            if x1 <= x0 or y1 <= y0:
+                yield 0, 0, torch.zeros(0, 0, dtype=torch.bool)
+                continue
+            # not around the yield: the consumer runs with the caller's threads
+            with _single_thread():
+                crop = wy[k, y0:y1] @ probs[s + k] @ wx[k, x0:x1].T >= threshold
+            yield y0, x0, crop
+
+
 def _paste_crops(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
                  threshold: float) -> torch.Tensor:
-    """Each mask computed on its own box crop only (CPU path: the least arithmetic)."""
-    n = mask_probs.shape[0]
-    out = torch.zeros(n, height, width, dtype=torch.bool)
+    """All masks as ``bool [N, height, width]``, each computed on its own box crop."""
+    out = torch.zeros(mask_probs.shape[0], height, width, dtype=torch.bool)
+    crops = _iter_crops(mask_probs, boxes, height, width, threshold)
     with _single_thread():
-        # weights of the whole image axis for all masks at once, sliced per box below
-        wy = axis_weights(boxes[:, 1], boxes[:, 3], torch.arange(height), mask_probs.shape[1])
-        wx = axis_weights(boxes[:, 0], boxes[:, 2], torch.arange(width), mask_probs.shape[2])
-        lo = boxes[:, :2].floor().clamp(min=0).long()
-        hi = torch.minimum(boxes[:, 2:].ceil(), boxes.new_tensor([width, height])).long()
-        probs = mask_probs.float()
-        for k, (x0, y0, x1, y1) in enumerate(torch.cat([lo, hi], 1).tolist()):
-            if x1 > x0 and y1 > y0:
-                out[k, y0:y1, x0:x1] = wy[k, y0:y1] @ probs[k] @ wx[k, x0:x1].T >= threshold
+        for k, (y0, x0, crop) in enumerate(crops):
+            out[k, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
     return out
+
+
+def iter_pasted_crops(
+    mask_probs: torch.Tensor, boxes_xyxy: torch.Tensor, height: int, width: int,
+    threshold: float = 0.5,
+) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    """:func:`paste_masks_in_image` one mask at a time, each only inside its box.
+
+    Yields per mask, in order, ``(top, left, crop)``: ``crop`` is ``bool [h, w]`` (on the masks'
+    device) and the pasted ``[height, width]`` mask equals ``crop`` at
+    ``[top:top + h, left:left + w]`` and is off everywhere else (``h = w = 0`` when the box misses
+    the image). Peak memory grows with one box's area, not ``N x height x width``: on CPU each
+    crop is computed on its own (bit-identical to the dense paste); on GPU the masks go through
+    the dense path's canvas chunks (bounded by ``_PASTE_MEMORY_PIXELS``) and are cut from them.
+    """
+    n = mask_probs.shape[0]
+    boxes = boxes_xyxy.float().reshape(-1, 4)
+    if n == 0:
+        return
+    if height == 0 or width == 0:
+        for _ in range(n):
+            yield 0, 0, torch.zeros(0, 0, dtype=torch.bool, device=mask_probs.device)
+        return
+    if mask_probs.device.type == "cpu":
+        yield from _iter_crops(mask_probs, boxes, height, width, threshold)
+    else:
+        yield from _iter_canvas_crops(mask_probs, boxes, height, width, threshold)
+
+
+def _iter_canvas_crops(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+                       threshold: float) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    """:func:`iter_pasted_crops` cut from :func:`_paste_batched`'s canvas chunks (GPU path)."""
+    windows = _crop_windows(boxes, height, width)
+    for s, masks in _iter_batched(mask_probs, boxes, height, width, threshold):
+        for k, m in enumerate(masks):
+            x0, y0, x1, y1 = windows[s + k]
+            if x1 > x0 and y1 > y0:
+                yield y0, x0, m[y0:y1, x0:x1]
+            else:
+                yield 0, 0, m[:0, :0]
 
 
 def paste_masks_in_image(

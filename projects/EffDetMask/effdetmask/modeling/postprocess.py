@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from ..structures.boxes import input_to_original, input_to_original_batched
-from ..structures.masks import coco_rle_encode_batch
-from .paste import paste_masks_in_images
+from ..structures.masks import coco_rle_encode_crop
+from .paste import iter_pasted_crops, paste_masks_in_images
 
 __all__ = ["select_detections", "select_padded", "image_meta", "finalize_instances",
            "detector_postprocess"]
@@ -111,21 +111,33 @@ def finalize_instances(
     meta = torch.tensor(list(zip(scales, heights, widths)), dtype=torch.float32).reshape(-1, 3)
     meta = meta.to(device).repeat_interleave(torch.tensor(counts, device=device), dim=0)
     # paste with the unclipped box the mask was predicted for; report the clipped box
-    masks = paste_masks_in_images(
-        mask_probs.reshape(-1, *mask_probs.shape[-2:]), boxes_xyxy / meta[:, :1], counts,
-        list(zip(heights, widths)), mask_threshold,
-    )
+    mask_probs = mask_probs.reshape(-1, *mask_probs.shape[-2:])
+    paste_boxes = boxes_xyxy / meta[:, :1]
+    sizes = list(zip(heights, widths))
+    if return_rle:
+        # mask by mask, each only inside its box: memory grows with the box areas, never with
+        # N x H x W (a 6000x4000 photo's dense masks take 24 MB each)
+        masks: Sequence[Any] = [
+            _encode_rle(p, b, int(h), int(w), mask_threshold)
+            for p, b, (h, w) in zip(mask_probs.split(counts), paste_boxes.split(counts), sizes)
+        ]
+    else:
+        masks = paste_masks_in_images(mask_probs, paste_boxes, counts, sizes, mask_threshold)
     boxes_orig = input_to_original_batched(boxes_xyxy[:, None], *meta.unbind(1))[:, 0]
     out = []
     for b, s, c, m in zip(boxes_orig.split(counts), scores.reshape(-1).float().split(counts),
                           classes.reshape(-1).long().split(counts), masks):
         inst: Dict[str, Any] = {"boxes": b, "scores": s, "classes": c}
-        if return_rle:
-            inst["masks_rle"] = coco_rle_encode_batch(m.cpu().numpy())
-        else:
-            inst["masks"] = m
+        inst["masks_rle" if return_rle else "masks"] = m
         out.append(inst)
     return out
+
+
+def _encode_rle(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+                threshold: float) -> List[Dict[str, Any]]:
+    """One image's masks as COCO RLEs, equal to encoding :func:`paste_masks_in_image`'s output."""
+    return [coco_rle_encode_crop(crop.cpu().numpy(), top, left, height, width)
+            for top, left, crop in iter_pasted_crops(mask_probs, boxes, height, width, threshold)]
 
 
 def detector_postprocess(

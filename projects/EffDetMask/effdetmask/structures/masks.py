@@ -28,6 +28,7 @@ __all__ = [
     "coco_rle_decode",
     "coco_rle_encode",
     "coco_rle_encode_batch",
+    "coco_rle_encode_crop",
     "validate_coco_rle",
     "kaggle_rle_decode",
     "kaggle_rle_encode",
@@ -174,6 +175,43 @@ def coco_rle_encode_batch(masks: np.ndarray) -> List[RLE]:
     # pycocotools wants [H, W, N] in Fortran order, which is exactly [N, W, H] in C order
     fortran = np.ascontiguousarray((masks != 0).transpose(0, 2, 1), dtype=np.uint8).T
     return [_to_str_counts(r) for r in mask_util.encode(fortran)] if len(masks) else []
+
+
+def coco_rle_encode_crop(crop: np.ndarray, top: int, left: int, height: int, width: int) -> RLE:
+    """COCO RLE of a ``[height, width]`` mask that is off outside one window, from the window only.
+
+    ``crop`` (``[h, w]``, nonzero = on) is the mask at ``[top:top + h, left:left + w]``. The result
+    equals :func:`coco_rle_encode` of the full mask, but memory and time grow with the window's
+    area, not the image's: the runs are found in the window and placed at their full-image
+    (column-major) offsets.
+    """
+    if crop.ndim != 2:
+        raise MaskFormatError(f"crop must be 2-D [h, w], got shape {crop.shape}")
+    h, w = crop.shape
+    if top < 0 or left < 0 or top + h > height or left + w > width:
+        raise MaskFormatError(f"crop {[h, w]} at {[top, left]} is outside the {[height, width]} "
+                              "mask")
+    total = height * width
+    if crop.size == 0 or total == 0:
+        return _compress({"size": [height, width], "counts": [total]})
+    # the window's columns, padded with one off row above / below when the image has pixels
+    # there: the padding row stands for all those off pixels of the column
+    pad_top, pad_bottom = int(top > 0), int(top + h < height)
+    cols = np.zeros((w, pad_top + h + pad_bottom), dtype=bool)
+    cols[:, pad_top:pad_top + h] = crop.T != 0
+    # with one off pixel before and after: the rest of the image (all off)
+    flat = np.concatenate([[False], cols.reshape(-1), [False]])
+    change = np.flatnonzero(flat[1:] != flat[:-1])  # flat[change + 1] starts a run
+    # full-image column-major index of each run start
+    col, row = np.divmod(change, cols.shape[1])
+    row = np.where(row < pad_top, 0, np.where(row >= pad_top + h, top + h, row - pad_top + top))
+    starts = (col + left) * height + row
+    # a change at the trailing pixel: the window ends the image with an "on" run
+    starts = np.where(change == cols.size, (left + w) * height, starts)
+    counts = np.diff(np.concatenate([[0], starts, [total]]))
+    if len(counts) > 1 and counts[-1] == 0:
+        counts = counts[:-1]
+    return _compress({"size": [height, width], "counts": counts.tolist()})
 
 
 def _kaggle_runs(encoded: str, height: int, width: int) -> np.ndarray:
