@@ -2,7 +2,9 @@
 
 Per-sample failures inside DataLoader workers become a :class:`SampleError` that names the file or
 cache record; with ``DATASETS.SKIP_INVALID`` the sample is skipped (the next one is used instead)
-and counted in that process's :class:`SkipReport`. Both loaders are
+and counted in that process's :class:`SkipReport`; the skips also travel with the next good
+sample (key ``SKIPPED_KEY``) so that the trainer's ``SkipSummary`` counts the skips of every
+DataLoader worker in the main process. Both loaders are
 :class:`~effdetmask.data.resumable_loader.ErrorForwardingDataLoader` s, so an exception raised in a
 worker reaches the main process intact (type, message naming the sample, attributes).
 """
@@ -10,9 +12,9 @@ worker reaches the main process intact (type, message naming the sample, attribu
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from torch.utils.data import Dataset, SequentialSampler
+from torch.utils.data import Dataset, Sampler
 
 from effdetmask.data.builtin import register_all_from_cfg
 from effdetmask.data.catalog import DatasetCatalog
@@ -23,14 +25,17 @@ from effdetmask.data.resumable_loader import (
     ResumableDataLoader,
     ResumableSampler,
     SeededSamples,
+    _rank_and_world,
 )
-from effdetmask.data.validation import SkipReport
+from effdetmask.data.validation import SkipReport, collect_skips
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "get_detection_dataset_dicts",
     "MapDataset",
+    "SKIPPED_KEY",
+    "ShardedSequentialSampler",
     "SampleError",
     "build_train_dataset",
     "build_train_loader",
@@ -63,6 +68,7 @@ def get_detection_dataset_dicts(names: Union[str, Sequence[str]],
     dicts: List[Dict[str, Any]] = []
     report = SkipReport(",".join(names))
     for name in names:
+        num_annotations = 0
         for d in DatasetCatalog.get(name):
             missing = [k for k in ("file_name", "height", "width", "image_id") if k not in d]
             if missing:
@@ -72,12 +78,46 @@ def get_detection_dataset_dicts(names: Union[str, Sequence[str]],
                     raise ValueError(msg)
                 report.add("malformed record", msg)
                 continue
+            num_annotations += len(d.get("annotations") or [])
             dicts.append(d)
+        if num_annotations == 0:
+            # images without annotations train as negatives, but a dataset with none at all would
+            # train silently with zero box and mask losses
+            raise ValueError(f"dataset {name!r} has no annotations at all (no image has an "
+                             "instance): check its annotation file")
     if report.total:
         report.log_summary(logger)
     if not dicts:
         raise ValueError(f"datasets {names} hold no usable images")
     return dicts
+
+
+SKIPPED_KEY = "skipped_samples"
+
+
+class ShardedSequentialSampler(Sampler):
+    """In-order indices of this process's shard: rank ``r`` of ``w`` gets ``r, r + w, ...``.
+
+    Shards are disjoint and together cover the dataset; a shard that is one short is padded with
+    the dataset's first index so that every process runs the same number of batches (the
+    evaluator keys predictions by image id, so the repeat counts once). The process group is read
+    at iteration time: the loader is built before Lightning starts it.
+    """
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+
+    def _shard(self) -> List[int]:
+        rank, world = _rank_and_world()
+        shard = list(range(rank, self.num_samples, world))
+        per_rank = -(-self.num_samples // world)
+        return shard + [0] * (per_rank - len(shard)) if self.num_samples else shard
+
+    def __len__(self) -> int:
+        return len(self._shard())
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._shard())
 
 
 class MapDataset(Dataset):
@@ -95,6 +135,7 @@ class MapDataset(Dataset):
         self.mapper = mapper
         self.skip_invalid = skip_invalid
         self.report = SkipReport("samples")
+        self.load_report: Optional[SkipReport] = None  # records skipped when loading the source
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -106,15 +147,24 @@ class MapDataset(Dataset):
         return f"{item.get('file_name', '?')} (image_id {item.get('image_id', '?')})"
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
+        skipped: List[Tuple[str, str]] = []
         for attempt in range(_MAX_CONSECUTIVE_SKIPS):
             i = (index + attempt) % len(self.dataset)
             try:
-                return self.mapper(self.dataset[i])
+                sample = self.mapper(self.dataset[i])
             except Exception as e:  # any failure: name the sample and say what went wrong
                 msg = f"{self._describe(i)}: {type(e).__name__}: {e}"
                 if not self.skip_invalid:
                     raise SampleError(f"cannot load sample {msg}") from e
                 self.report.add(type(e).__name__, msg)
+                skipped.append((type(e).__name__, msg))
+                continue
+            if skipped:
+                # this process's report may live in a DataLoader worker: the skips travel with the
+                # sample to the main process, where the trainer counts them (SkipSummary)
+                sample = dict(sample)
+                sample[SKIPPED_KEY] = skipped
+            return sample
         raise SampleError(f"{_MAX_CONSECUTIVE_SKIPS} consecutive bad samples from index {index}; "
                           f"{self.report.summary()}")
 
@@ -131,9 +181,19 @@ def _source(cfg: Any, names: Sequence[str], use_cache: bool) -> Any:
 
 
 def build_train_dataset(cfg: Any) -> MapDataset:
-    """The mapped training set: ``DATASETS.TRAIN_CACHE`` when set, else ``DATASETS.TRAIN``."""
-    return MapDataset(_source(cfg, cfg.DATASETS.TRAIN, True), DatasetMapper.from_config(cfg, True),
-                      skip_invalid=cfg.DATASETS.SKIP_INVALID)
+    """The mapped training set: ``DATASETS.TRAIN_CACHE`` when set, else ``DATASETS.TRAIN``.
+
+    The records skipped while loading are counted in the result's ``load_report``.
+    """
+    load_report = SkipReport("training data (loading)")
+    with collect_skips(load_report):
+        source = _source(cfg, cfg.DATASETS.TRAIN, True)
+    if load_report.total:
+        load_report.log_summary(logger)
+    dataset = MapDataset(source, DatasetMapper.from_config(cfg, True),
+                         skip_invalid=cfg.DATASETS.SKIP_INVALID)
+    dataset.load_report = load_report
+    return dataset
 
 
 def build_train_loader(
@@ -150,7 +210,7 @@ def build_train_loader(
     dataset = build_train_dataset(cfg)
     seed = cfg.SEED if cfg.SEED >= 0 else 0
     workers = cfg.DATALOADER.NUM_WORKERS
-    return ResumableDataLoader(
+    loader = ResumableDataLoader(
         SeededSamples(dataset, seed),
         ResumableSampler(len(dataset), seed=seed, shuffle=True),
         batch_size=cfg.SOLVER.IMS_PER_BATCH,
@@ -160,6 +220,8 @@ def build_train_loader(
         collate_fn=trivial_batch_collator,
         drop_last=False,
     )
+    loader.load_skip_report = dataset.load_report  # the trainer's SkipSummary counts these too
+    return loader
 
 
 def build_test_loader(cfg: Any, dataset_name: str) -> ErrorForwardingDataLoader:
@@ -167,7 +229,9 @@ def build_test_loader(cfg: Any, dataset_name: str) -> ErrorForwardingDataLoader:
     dataset = MapDataset(_source(cfg, [dataset_name], False), DatasetMapper.from_config(cfg, False),
                          skip_invalid=cfg.DATASETS.SKIP_INVALID)
     workers = cfg.DATALOADER.NUM_WORKERS
+    # each process evaluates its own shard; COCOEvaluator.evaluate gathers the predictions
     return ErrorForwardingDataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH,
-                                     sampler=SequentialSampler(dataset), num_workers=workers,
+                                     sampler=ShardedSequentialSampler(len(dataset)),
+                                     num_workers=workers,
                                      persistent_workers=workers > 0,
                                      collate_fn=trivial_batch_collator)

@@ -150,13 +150,23 @@ def coco_json_to_dicts(data: Dict[str, Any], json_file: str, image_root: str, *,
     own_report = report is None
     report = report or SkipReport(json_file)
     by_id: Dict[int, Dict[str, Any]] = {}
+    # An id used by two images: the annotations (which name only the id) cannot be told apart, so
+    # when skipping, every image with that id is dropped together with all its annotations.
+    duplicated: set = set()
+    seen: set = set()
     for img in data.get("images", []):
         try:
             rec = _image_record(img, json_file, image_root)
             where = f"image id {rec['image_id']}"
-            if rec["image_id"] in by_id:
-                raise DatasetIssue(json_file, "image id appears twice", where,
-                                   Reason.DUPLICATE_IMAGE)
+            if rec["image_id"] not in seen:
+                seen.add(rec["image_id"])
+            else:
+                first = by_id.pop(rec["image_id"], None)
+                duplicated.add(rec["image_id"])
+                files = ", ".join(f for f in (first and first["file_name"], rec["file_name"]) if f)
+                raise DatasetIssue(
+                    json_file, f"image id {rec['image_id']} is used by more than one image "
+                    f"({files}); its annotations cannot be assigned", where, Reason.DUPLICATE_IMAGE)
             if check_files and not os.path.isfile(rec["file_name"]):
                 raise DatasetIssue(rec["file_name"], "image file does not exist",
                                    f"{where} of {json_file}", Reason.MISSING_FILE)
@@ -181,7 +191,7 @@ def coco_json_to_dicts(data: Dict[str, Any], json_file: str, image_root: str, *,
                 ann, img, record, json_file, category_map, attribute_map, report))
         except DatasetIssue as issue:
             report.handle(issue, skip_invalid)
-    dicts = list(by_id.values())
+    dicts = [d for d in by_id.values() if d["image_id"] not in duplicated]
     if own_report:
         report.log_summary(logger)
     if not dicts:

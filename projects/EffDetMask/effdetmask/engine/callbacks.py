@@ -10,10 +10,15 @@ import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["JSONLinesMetricsWriter", "EvalResultsWriter"]
+from ..data.build import SKIPPED_KEY
+from ..data.validation import SkipReport
+
+__all__ = ["JSONLinesMetricsWriter", "EvalResultsWriter", "SkipSummary", "RunProgressBar"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +149,96 @@ class EvalResultsWriter(Callback):
             }
             with open(self.path, "w") as f:
                 json.dump(payload, f, indent=2, default=_to_float)
+
+
+class SkipSummary(Callback):
+    """Counts every sample skipped while training (``DATASETS.SKIP_INVALID``) and logs one summary.
+
+    The DataLoader workers that skip a sample cannot update the main process's counts, so
+    :class:`~effdetmask.data.build.MapDataset` sends the skips with the next good sample
+    (``SKIPPED_KEY``); they are taken out of the batch here, before the model sees it. At the end
+    of training the counts of all processes are gathered and rank 0 logs the summary, which also
+    holds the records skipped when the dataset was loaded (:meth:`add_report`).
+    """
+
+    def __init__(self, name: str = "training data") -> None:
+        self.report = SkipReport(name)
+
+    def add_report(self, report: Optional[SkipReport]) -> None:
+        """Count the skips of another report (e.g. those made while loading the dataset)."""
+        if report is not None:
+            self.report.merge(report)
+
+    def count_batch(self, batch: Any) -> None:
+        """Move the skip records carried by a batch's samples into :attr:`report`."""
+        for sample in batch if isinstance(batch, (list, tuple)) else ():
+            if not isinstance(sample, dict):
+                continue
+            for reason, message in sample.pop(SKIPPED_KEY, None) or ():
+                self.report.counts[reason] += 1
+                self.report.first_example.setdefault(reason, message)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.count_batch(batch)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: List[Any] = [None] * dist.get_world_size()
+            local = (dict(self.report.counts), dict(self.report.first_example))
+            dist.all_gather_object(parts, local)
+            merged = SkipReport(self.report.name)
+            for rank, (counts, first) in enumerate(parts):
+                other = SkipReport(f"rank {rank}")
+                other.counts.update(counts)
+                other.first_example.update(first)
+                merged.merge(other)
+            self.report = merged
+        if trainer.is_global_zero:
+            self.report.log_summary(logger)
+
+
+class RunProgressBar(TQDMProgressBar):
+    """A training bar over the whole run, not one per epoch: its total is the run's optimiser steps
+    (``max_steps``, or epochs x steps per epoch) and it counts ``global_step``, so the ETA is the
+    time to the end of training. Its description names the current epoch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._run_started = False
+
+    @staticmethod
+    def run_total(trainer: Trainer) -> Optional[int]:
+        try:
+            total = float(trainer.estimated_stepping_batches)
+        except Exception:  # unknown length (e.g. an iterable loader with max_epochs only)
+            return None
+        return int(total) if math.isfinite(total) else None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._run_started = False
+
+    def on_train_epoch_start(self, trainer: Trainer, *_: Any) -> None:
+        bar = self.train_progress_bar
+        if not self._run_started:
+            bar.reset(total=self.run_total(trainer))
+            # a resumed run: the bar starts at the checkpoint's step, the rate counts new steps
+            bar.initial = trainer.global_step
+            bar.n = trainer.global_step
+            bar.refresh()
+            self._run_started = True
+        bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        n = trainer.global_step
+        if bar is not None and n != bar.n and self._should_update(n, bar.total):
+            bar.n = n
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule
 
 from ..modeling import build_model
@@ -72,13 +73,7 @@ class EffDetMaskModule(LightningModule):
     def training_step(self, batch: List[dict], batch_idx: int) -> torch.Tensor:
         losses = self.model(batch)
         total = sum(losses.values())
-        if not torch.isfinite(total):
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            raise NonFiniteLossError(
-                f"non-finite loss at optimiser step {self.global_step} "
-                f"(epoch {self.current_epoch}, "
-                f"batch {batch_idx}): {values}; the last good checkpoint is kept"
-            )
+        self._check_finite(total, losses, batch_idx)
         value = float(total.detach())
         # A smoothed loss is what the plateau schedule watches when no validation runs each epoch.
         self.loss_ema = value if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * value
@@ -88,6 +83,36 @@ class EffDetMaskModule(LightningModule):
         for name, loss in losses.items():
             self.log(f"train/{name}", float(loss.detach()), prog_bar=True, batch_size=batch_size)
         return total
+
+    def _check_finite(self, total: torch.Tensor, losses: Dict[str, torch.Tensor],
+                      batch_idx: int) -> None:
+        """Raise :class:`NonFiniteLossError` on every process when any process's loss is not finite.
+
+        With several processes the finite flags are all-reduced first, so that all ranks stop
+        together with the same message (a rank raising alone would leave the others waiting in
+        the next collective forever).
+        """
+        finite = bool(torch.isfinite(total.detach()).all())
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:
+            flag = torch.tensor([1 if finite else 0], dtype=torch.int32, device=total.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if int(flag.item()) == 1:
+                return
+        elif finite:
+            return
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if distributed:
+            parts: List[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, None if finite else values)
+            where = "; ".join(f"rank {r}: {v}" for r, v in enumerate(parts) if v is not None)
+        else:
+            where = str(values)
+        raise NonFiniteLossError(
+            f"non-finite loss at optimiser step {self.global_step} "
+            f"(epoch {self.current_epoch}, "
+            f"batch {batch_idx}): {where}; the last good checkpoint is kept"
+        )
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         apply_warmup(self.solver, optimizer, self.global_step)

@@ -9,13 +9,13 @@ from datetime import timedelta
 from typing import Dict, List
 
 from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..data.build import build_test_loader, build_train_loader
 from ..evaluation import COCOEvaluator
 from ..modeling.weights import CheckpointError, load_torch_file, save_state_dict
-from .callbacks import EvalResultsWriter, JSONLinesMetricsWriter
+from .callbacks import EvalResultsWriter, JSONLinesMetricsWriter, RunProgressBar, SkipSummary
 from .defaults import LaunchSpec
 from .lightning_module import EffDetMaskModule
 from .visualize import write_visualizations
@@ -91,7 +91,8 @@ def build_trainer(cfg, launch: LaunchSpec, *, max_epochs: int = -1) -> Trainer:
         JSONLinesMetricsWriter(cfg.OUTPUT_DIR),
         EvalResultsWriter(cfg.OUTPUT_DIR),
         LearningRateMonitor(logging_interval="step"),
-        TQDMProgressBar(refresh_rate=1),
+        RunProgressBar(refresh_rate=1),
+        SkipSummary(),
     ]
     if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST:
         tests = cfg.DATASETS.TEST
@@ -176,6 +177,9 @@ def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
     # read when the optimiser is built, once fit has started the process group the loader shards
     # over; the step schedule counts its decays in epochs of this many batches
     module.train_batches_per_epoch = functools.partial(len, train_loader)
+    for callback in trainer.callbacks:
+        if isinstance(callback, SkipSummary):  # records skipped while loading the dataset
+            callback.add_report(getattr(train_loader, "load_skip_report", None))
     val_loaders = _test_loaders(cfg) if cfg.TEST.EVAL_PERIOD > 0 else None
     trainer.fit(
         module,
