@@ -41,13 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="cache file to write (or to verify)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoder processes")
     p.add_argument("--verify", action="store_true", help="re-read and check every record")
+    p.add_argument("--synth", type=int, nargs=3, metavar=("NUM_IMAGES", "IMAGE_SIZE", "SEED"),
+                   help="parameters of the generated fashion_synth_* split to cache, as given to "
+                        "datasets/generate_synth.py (DATASETS.SYNTH; default: the config's); each "
+                        "parameter set has its own folder, none replaces another")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip and count bad images and annotations (each is named in the log)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.dataset:
         # The built-in loaders take skip_invalid when registered: register them for this run.
-        register_all(args.root or None, skip_invalid=args.skip_invalid, overwrite=True)
+        synth = None
+        if args.synth:
+            synth = {split: tuple(args.synth) for split in ("train", "val")}
+        register_all(args.root or None, skip_invalid=args.skip_invalid, synth=synth,
+                     overwrite=True)
         report = SkipReport(args.dataset, max_logged=None)  # every skipped item is logged
         t0 = time.perf_counter()
         try:

@@ -381,3 +381,21 @@ def test_cli_skip_invalid_skips_bad_annotations_with_one_summary(sample_root, tm
     ds = CachedDataset(out)
     assert len(ds) == 2 and [len(ds[i]["annotations"]) for i in range(2)] == [1, 1]
     assert cli.main(["--output", out, "--verify"]) == 0
+
+
+def test_cli_caches_the_generated_split_it_is_told_of(tmp_path):
+    """`generate_synth.py --num-images 6` then `build_cache.py --synth 6 ...` caches those 6 images
+    (it once regenerated the 200-image default over them, silently)."""
+    from effdetmask.data.synthetic import ensure_fashion_synth
+
+    root = str(tmp_path / "datasets")
+    made = ensure_fashion_synth(root, "train", 6, 96, 0)  # what generate_synth.py writes
+    before = sorted(os.listdir(os.path.dirname(made)))
+    out = str(tmp_path / "synth.h5")
+    args = ["--dataset", "fashion_synth_train", "--root", root, "--output", out, "--size", "64",
+            "--workers", "0", "--synth", "6", "96", "0"]
+    assert _cli().main(args) == 0
+    assert len(CachedDataset(out)) == 6
+    assert sorted(os.listdir(os.path.dirname(made))) == before
+    splits = [n for n in os.listdir(os.path.join(root, "fashion_synth")) if not n.endswith(".lock")]
+    assert splits == [os.path.basename(os.path.dirname(made))]  # no other split was generated

@@ -212,7 +212,8 @@ def build_train_loader(
     workers = cfg.DATALOADER.NUM_WORKERS
     loader = ResumableDataLoader(
         SeededSamples(dataset, seed),
-        ResumableSampler(len(dataset), seed=seed, shuffle=True),
+        ResumableSampler(len(dataset), seed=seed, shuffle=True,
+                         batch_size=cfg.SOLVER.IMS_PER_BATCH),
         batch_size=cfg.SOLVER.IMS_PER_BATCH,
         progress_fn=progress_fn,
         num_workers=workers,

@@ -61,14 +61,19 @@ class ResumableSampler(Sampler):
 
     Every process gets ``ceil(len / world)`` samples (the permutation wraps around to even out
     the shards, as torch's DistributedSampler does), so all processes step the same number of times.
+    With ``batch_size``, a shard whose last batch would hold a single sample gets one more (the
+    next of the wrapped permutation): training BatchNorm cannot normalise a batch of one image on
+    a 1x1 pyramid level, and no sample is dropped.
     """
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True,
+                 batch_size: int = 0) -> None:
         if num_samples <= 0:
             raise ValueError("cannot sample from an empty dataset")
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
+        self.batch_size = batch_size
         self.epoch = 0
         self.start = 0  # samples of this process's shard to skip (resume mid-epoch)
 
@@ -86,7 +91,9 @@ class ResumableSampler(Sampler):
         else:
             order = list(range(self.num_samples))
         per_rank = -(-self.num_samples // world)
-        order = (order * (world + 1))[: per_rank * world]
+        if self.batch_size > 1 and per_rank % self.batch_size == 1:
+            per_rank += 1
+        order = (order * (per_rank * world // self.num_samples + 1))[: per_rank * world]
         return order[rank::world]
 
     def __len__(self) -> int:
