@@ -20,7 +20,7 @@ from effdetmask.engine.lightning_module import EffDetMaskModule
 from effdetmask.engine.solver import build_lr_scheduler, build_optimizer
 from effdetmask.engine.trainer import train
 
-from .test_solver import _model, _spec
+from .test_solver import _model, _record_lrs, _spec
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "quick_schedules" / "effdet_d0_tiny_test.yaml")
@@ -141,13 +141,7 @@ def _module(*opts, batches, accumulate, max_steps, max_epochs, set_batches=True)
 
 def _run_schedule(module, steps):
     config = module.configure_optimizers()
-    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
-    lrs = []
-    for _ in range(steps):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return lrs
+    return _record_lrs(config["optimizer"], config["lr_scheduler"]["scheduler"], steps)
 
 
 @pytest.mark.parametrize(

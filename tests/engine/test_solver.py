@@ -18,15 +18,20 @@ def _model():
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
 
 
-def _lrs(spec, steps, steps_per_epoch=5, total=100):
-    opt = build_optimizer(spec, _model())
-    sched = build_lr_scheduler(spec, opt, steps_per_epoch, total)["scheduler"]
+def _record_lrs(opt, sched, steps):
+    """The LR each of ``steps`` optimiser steps uses, stepping the scheduler after each."""
     lrs = []
     for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
     return lrs
+
+
+def _lrs(spec, steps, steps_per_epoch=5, total=100):
+    opt = build_optimizer(spec, _model())
+    return _record_lrs(opt, build_lr_scheduler(spec, opt, steps_per_epoch, total)["scheduler"],
+                       steps)
 
 
 def test_adamw_and_sgd_and_no_decay_on_norms():

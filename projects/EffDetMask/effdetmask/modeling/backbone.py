@@ -55,7 +55,6 @@ class TimmBiFPNBackbone(nn.Module):
         # keys of ``body.state_dict()`` that came from MODEL.BACKBONE.PRETRAINED (BN statistics
         # included): the BatchNorms that may be frozen; empty for random init
         self.body_loaded_keys: Tuple[str, ...] = loaded
-        self.body_pretrained: bool = bool(loaded)
         feature_info: List[dict] = self.body.feature_info.get_dicts(keys=["num_chs", "reduction"])
         levels = [int(round(math.log2(f["reduction"]))) for f in feature_info]
         expected = list(range(min_level, min_level + len(levels)))
@@ -101,6 +100,11 @@ class TimmBiFPNBackbone(nn.Module):
             fusion=cfg.MODEL.BIFPN.FUSION,
             act_type=cfg.MODEL.BIFPN.ACT_TYPE,
         )
+
+    @property
+    def body_pretrained(self) -> bool:
+        """Whether MODEL.BACKBONE.PRETRAINED loaded the body's weights."""
+        return bool(self.body_loaded_keys)
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         """Level name -> (channels, stride)."""
