@@ -1,7 +1,8 @@
 """Kaggle iMaterialist-Fashion-2020 ``train.csv`` (+ ``label_descriptions.json``) -> dataset dicts.
 
 CSV columns: ``ImageId,EncodedPixels,Height,Width,ClassId,AttributesIds``; one row per instance,
-rows of one image grouped by ``ImageId``. ``EncodedPixels`` is Kaggle RLE (1-indexed starts,
+rows of one image grouped by ``ImageId``. A submission file (no ``Height``/``Width``) reads with the
+image sizes given separately. ``EncodedPixels`` is Kaggle RLE (1-indexed starts,
 column-major); it becomes compressed COCO RLE without decoding the mask. ``ClassId`` is the
 Fashionpedia category id. An empty ``AttributesIds`` cell means *unknown*, not "no attributes",
 so such instances get ``attribute_ids=[]`` and ``attribute_ids_known=False`` and the attribute
@@ -14,7 +15,7 @@ import csv
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..structures.masks import MaskFormatError, kaggle_rle_to_coco_rle, rle_to_box_xywh
 from .coco_json import read_json
@@ -27,6 +28,7 @@ __all__ = ["load_imaterialist_csv"]
 logger = logging.getLogger(__name__)
 
 _COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width", "ClassId", "AttributesIds")
+_SIZE_COLUMNS = ("Height", "Width")
 
 
 def _label_maps(
@@ -82,6 +84,7 @@ def load_imaterialist_csv(
     skip_invalid: bool = False,
     check_files: bool = True,
     report: Optional[SkipReport] = None,
+    image_sizes: Optional[Mapping[str, Tuple[int, int]]] = None,
 ) -> List[Dict[str, Any]]:
     """Load the Kaggle iMaterialist 2020 CSV as dataset dicts.
 
@@ -93,6 +96,8 @@ def load_imaterialist_csv(
         skip_invalid: skip and count bad rows/images instead of raising.
         check_files: check that every image file exists.
         report: collects skipped counts; by default one is made and its summary logged.
+        image_sizes: ``ImageId -> (height, width)`` for a CSV without ``Height``/``Width``
+            columns (a submission file); ignored when the CSV has them.
     Returns:
         dataset dicts in order of first appearance; ``image_id`` = 1, 2, ... in that order and
         ``kaggle_image_id`` = the CSV's ``ImageId``; ``segmentation`` compressed COCO RLE;
@@ -111,7 +116,10 @@ def load_imaterialist_csv(
     bad_images = set()
     with open(csv_file, "r", newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+        has_sizes = all(c in (reader.fieldnames or []) for c in _SIZE_COLUMNS)
+        needed = _COLUMNS if has_sizes or image_sizes is None else tuple(
+            c for c in _COLUMNS if c not in _SIZE_COLUMNS)
+        missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:
             raise DatasetIssue(csv_file, f"CSV header lacks column(s) {missing}",
                                reason=Reason.BAD_RECORD)
@@ -122,7 +130,12 @@ def load_imaterialist_csv(
                 if key in bad_images:
                     continue
                 try:
-                    height, width = int(row["Height"]), int(row["Width"])
+                    if has_sizes:
+                        height, width = int(row["Height"]), int(row["Width"])
+                    elif key in image_sizes:
+                        height, width = (int(v) for v in image_sizes[key])
+                    else:
+                        raise DatasetIssue(csv_file, "no size given for the image", record)
                 except (TypeError, ValueError):
                     raise DatasetIssue(csv_file, "Height/Width are not integers", record) from None
                 img = images.get(key)
