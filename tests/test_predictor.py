@@ -70,19 +70,27 @@ def test_paths_match_arrays(predictor, tmp_path):
     _assert_same(from_path, from_str)
 
 
-@pytest.mark.parametrize("h, w", [(90, 250), (301, 77)])
+@pytest.mark.parametrize("h, w", [(45, 128), (128, 33)])
 def test_non_square_outputs_in_original_pixels(predictor, h, w):
-    inst = predictor([_image(h, w)])[0]
+    """An image whose long side is the input size (scale 1) and the same image at twice the size
+    (each pixel a 2x2 block, scale 0.5) letterbox to the same model input, so the same detections
+    must come back at twice the coordinates, with masks pasted at twice the size."""
+    small = _image(h, w)
+    big = np.ascontiguousarray(small.repeat(2, axis=0).repeat(2, axis=1))
+    inst, inst2 = predictor([small, big])
     n = len(inst["scores"])
     assert n > 0
-    boxes = inst["boxes"]
-    assert boxes.shape == (n, 4) and boxes.dtype == torch.float32
-    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
-    assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
-    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert inst["boxes"].shape == (n, 4) and inst["boxes"].dtype == torch.float32
     assert inst["masks"].shape == (n, h, w) and inst["masks"].dtype == torch.bool
+    assert inst2["masks"].shape == (n, 2 * h, 2 * w)
     assert inst["classes"].dtype == torch.int64 and (inst["classes"] < 46).all()
     assert inst["boxes"].device.type == "cpu"
+    assert torch.equal(inst2["classes"], inst["classes"])
+    torch.testing.assert_close(inst2["scores"], inst["scores"])
+    torch.testing.assert_close(inst2["boxes"], 2 * inst["boxes"], atol=1e-3, rtol=1e-5)
+    assert inst["masks"].any()
+    upsampled = inst["masks"].repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    assert (inst2["masks"] != upsampled).float().mean() < 0.01  # edge pixels of the paste
 
 
 class _Recorder(nn.Module):

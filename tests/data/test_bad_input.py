@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image  # Pillow (a torchvision dependency) writes the CMYK JPEG
 
 from effdetmask.data.fashionpedia import load_fashionpedia_json
 from effdetmask.data.image_io import read_image_rgb
@@ -14,8 +15,6 @@ from effdetmask.data.kaggle import load_imaterialist_csv
 from effdetmask.data.validation import DatasetIssue, Reason, SkipReport
 from effdetmask.structures.masks import coco_rle_encode
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-REAL_JPEG = SHARED_DATA / "fashionpedia_api_sample" / "images" / "000000009813.jpg"
 H, W = 40, 60
 
 
@@ -160,12 +159,15 @@ def test_missing_image_file(tmp_path):
         read_image_rgb(str(tmp_path / "missing.jpg"))
 
 
-@pytest.mark.skipif(not REAL_JPEG.is_file(), reason=f"real sample image not found at {REAL_JPEG}")
-def test_truncated_real_jpeg_and_skip_count(tmp_path):
+def test_truncated_jpeg_and_skip_count(tmp_path):
+    rng = np.random.default_rng(0)  # a photo-sized JPEG with detail in every block
+    image = cv2.GaussianBlur(rng.integers(0, 256, (1000, 618, 3), dtype=np.uint8), (5, 5), 0)
+    whole = tmp_path / "whole.jpg"
+    assert cv2.imwrite(str(whole), image)
     path = tmp_path / "cut.jpg"
-    data = REAL_JPEG.read_bytes()
+    data = whole.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    assert read_image_rgb(str(REAL_JPEG), (1000, 618)).shape == (1000, 618, 3)
+    assert read_image_rgb(str(whole), (1000, 618)).shape == (1000, 618, 3)
     with pytest.raises(DatasetIssue) as info:
         read_image_rgb(str(path))
     assert "cut.jpg" in str(info.value) and "truncated" in str(info.value)
@@ -202,8 +204,7 @@ def test_grayscale_and_alpha_become_rgb(tmp_path):
 
 
 def test_cmyk_jpeg(tmp_path):
-    image_mod = pytest.importorskip("PIL.Image", reason="Pillow is needed to write a CMYK JPEG")
-    image_mod.new("CMYK", (W, H), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # red
+    Image.new("CMYK", (W, H), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # red
     rgb = read_image_rgb(str(tmp_path / "cmyk.jpg"), (H, W))
     assert rgb.shape == (H, W, 3)
     r, g, b = rgb[H // 2, W // 2].astype(int)

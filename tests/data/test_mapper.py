@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from effdetmask.data.fashionpedia import load_fashionpedia_json
-from effdetmask.data.mapper import DatasetMapper, masks_to_boxes, trivial_batch_collator
+from effdetmask.data.mapper import DatasetMapper, trivial_batch_collator
 from effdetmask.data.synthetic import ensure_fashion_synth
 from effdetmask.data.taxonomy import attribute_id_to_index
 
@@ -15,6 +15,12 @@ from effdetmask.data.taxonomy import attribute_id_to_index
 def dicts(tmp_path_factory):
     path = ensure_fashion_synth(str(tmp_path_factory.mktemp("synth")), "train", 6, 128, seed=1)
     return load_fashionpedia_json(path, os.path.dirname(path))
+
+
+def _annotation_boxes(d, scale):
+    """The dataset dict's own ``bbox`` (xywh, original pixels) as xyxy input pixels."""
+    xywh = torch.tensor([a["bbox"] for a in d["annotations"]], dtype=torch.float32)
+    return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1) * scale
 
 
 def _mapper(**kw):
@@ -37,8 +43,10 @@ def test_output_contract_and_letterbox(dicts):
         assert inst["masks"].shape == (n, 160, 160) and inst["masks"].dtype == torch.uint8
         assert inst["attributes"].shape == (n, 294) and inst["attributes"].dtype == torch.float32
         assert inst["masks"][:, th:].sum() == 0 and inst["masks"][:, :, tw:].sum() == 0
-        # boxes scale back to the annotation boxes (within rasterization error)
-        assert torch.equal(inst["boxes"], torch.from_numpy(masks_to_boxes(inst["masks"].numpy())))
+        # the annotations, scaled: same order and classes, boxes within rasterisation error
+        want = _annotation_boxes(d, s)
+        assert inst["classes"].tolist() == [a["category_id"] for a in d["annotations"]]
+        assert (inst["boxes"] - want).abs().max() <= 1.0 + s
 
 
 def test_flip_consistency(dicts):
@@ -49,7 +57,9 @@ def test_flip_consistency(dicts):
     assert torch.equal(flipped["image"][:, :, :tw], plain["image"][:, :, :tw].flip(-1))
     fi, pi = flipped["instances"], plain["instances"]
     assert torch.equal(fi["masks"][:, :, :tw], pi["masks"][:, :, :tw].flip(-1))
-    assert torch.equal(fi["boxes"], torch.from_numpy(masks_to_boxes(fi["masks"].numpy())))
+    want = _annotation_boxes(d, plain["scale"])
+    want[:, [0, 2]] = tw - want[:, [2, 0]]  # the annotations, mirrored inside the image
+    assert (fi["boxes"] - want).abs().max() <= 1.0 + plain["scale"]
     expect = pi["boxes"].clone()
     expect[:, [0, 2]] = tw - pi["boxes"][:, [2, 0]]
     assert torch.equal(fi["boxes"], expect)

@@ -22,6 +22,8 @@ from effdetmask.engine.trainer import train
 
 from .test_solver import _model, _record_lrs, _spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: in-process training
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "quick_schedules" / "effdet_d0_tiny_test.yaml")
 NUM_TRAIN = 8

@@ -2,7 +2,6 @@
 
 import json
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -129,12 +128,6 @@ def test_catalog_dataset_and_dataset_ids_in_json(tmp_path):
         MetadataCatalog.remove(name)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world_size, port, queue):
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                                          rank=rank, world_size=world_size)
@@ -148,10 +141,10 @@ def _worker(rank, world_size, port, queue):
         torch.distributed.destroy_process_group()
 
 
-def test_gather_across_two_processes():
+def test_gather_across_two_processes(free_port):
     ctx = torch.multiprocessing.get_context("spawn")
     queue = ctx.SimpleQueue()
-    torch.multiprocessing.start_processes(_worker, args=(2, _free_port(), queue), nprocs=2,
+    torch.multiprocessing.start_processes(_worker, args=(2, free_port(), queue), nprocs=2,
                                           start_method="spawn")
     got = dict(queue.get() for _ in range(2))
     # AP 100 needs both images' predictions; every rank receives rank 0's numbers

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from effdetmask.modeling import build_model, load_checkpoint, load_effdet_checkpoint
+from effdetmask.modeling.frozen_bn import count_batch_norm
 from effdetmask.modeling.weights import save_state_dict
 from effdetmask.utils.model_summary import format_summary, summarize_model
 
@@ -39,7 +40,10 @@ def test_plain_and_lightning_checkpoints_round_trip(tmp_path, cfg_factory):
     assert _same(src, via_cfg)
     # a frozen-BN checkpoint loads into an unfrozen model (num_batches_tracked is not an error)
     unfrozen = build_model(cfg_factory(D0, *SMALL, "MODEL.FREEZE_BN", "False"))
+    assert not _same(src, unfrozen)
     load_checkpoint(unfrozen, str(plain))
+    assert _same(src, unfrozen)  # every tensor of the frozen model, BatchNorm affine included
+    assert count_batch_norm(unfrozen)[1] == 0  # and its BatchNorms still train
 
 
 def test_mismatched_checkpoint_names_the_file(tmp_path, cfg_factory):
@@ -84,13 +88,45 @@ def test_effdet_coco_checkpoint(tmp_path, cfg_factory):
 
 
 def test_model_summary(cfg_factory):
+    """Sizes against effdet's and timm's own d0 parts; mask-head FLOPs from its layer shapes."""
+    import timm
+    from effdet import EfficientDet, get_efficientdet_config
+    from effdet.config.config_utils import set_config_writeable
+
     model = build_model(cfg_factory(D0, *SMALL))
     summary = summarize_model(model, input_size=128)
     params = summary["params"]
-    assert set(params) == {"backbone", "BiFPN", "class head", "box head", "mask head"}
-    assert sum(params.values()) == summary["total_params"] > summary["trainable_params"]
-    assert summary["flops"] > 0 and summary["flops_by_part"]["mask head"] > 0
-    assert summary["checkpoint_bytes"] > 4 * summary["trainable_params"]
+
+    def numel(module):
+        return sum(p.numel() for p in module.parameters())
+
+    config = get_efficientdet_config("efficientdet_d0")
+    set_config_writeable(config)
+    config.num_classes = 46
+    ref = EfficientDet(config, pretrained_backbone=False)
+    body = timm.create_model("efficientnet_b0", features_only=True, out_indices=(2, 3, 4))
+    head = model.mask_head
+    convs = [m for m in head.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert params == {"backbone": numel(body), "BiFPN": numel(ref.fpn),
+                      "class head": numel(ref.class_net), "box head": numel(ref.box_net),
+                      "mask head": sum(c.weight.numel() + c.bias.numel() for c in convs)}
+    assert summary["total_params"] == sum(params.values())
+    # the backbone's BatchNorms are frozen (loaded statistics): their affine weights don't train
+    frozen = sum(m.weight.numel() + m.bias.numel() for m in body.modules()
+                 if isinstance(m, torch.nn.BatchNorm2d))
+    assert summary["trainable_params"] == summary["total_params"] - frozen
+    # mask head at TEST score threshold 0 on 100 detections: 3x3 convs on 14x14 RoI features,
+    # the 2x2 deconv on its 14x14 input (fvcore counts a multiply-add as one FLOP; the per-class
+    # 1x1 predictor is an einsum of 28 * 28 * CONV_DIM per RoI, counted or not)
+    r = head.pooler.output_size[0]
+    per_roi = sum(c.weight.numel() * r * r for c in convs[:-1])
+    got = summary["flops_by_part"]["mask head"]
+    assert 100 * per_roi <= got <= 100 * (per_roi + 4 * r * r * convs[-1].in_channels)
+    assert summary["flops"] > sum(summary["flops_by_part"].values()) - 1
+    # the state dict's float32 tensors plus the container's overhead (well under 1 MB)
+    state = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    assert 4 * state <= summary["checkpoint_bytes"] <= 4 * state + 2**20
     assert "mask head" in format_summary("d0", summary)
 
 
@@ -151,3 +187,33 @@ def test_model_weights_skip_the_backbone_download(tmp_path, monkeypatch):
     assert _same(trained, loaded)
     with pytest.raises(Exception, match="package"):  # the hub is named as unreachable
         build_model(setup_cfg(D0, opts))
+
+
+class _EffDetLike(torch.nn.Module):
+    """Any meta-architecture with effdet parts: says so by having ``load_effdet_checkpoint``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = []
+
+    def load_effdet_checkpoint(self, path, prior_prob=0.01):
+        self.calls.append((path, prior_prob))
+        return ["backbone.body.x"]
+
+
+def test_effdet_checkpoint_dispatches_through_the_model_not_the_arch_name(caplog):
+    """MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT reaches any model that can load it, whatever
+    META_ARCHITECTURE says; a model without effdet parts warns and loads nothing."""
+    from effdetmask.config import get_cfg
+    from effdetmask.modeling.weights import load_weights
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "SomeOtherDetector"
+    cfg.MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT = "coco_d0.pth"
+    cfg.MODEL.EFFDET_HEAD.PRIOR_PROB = 0.02
+    model = _EffDetLike()
+    assert load_weights(model, cfg) == {"backbone.body.x"}
+    assert model.calls == [("coco_d0.pth", 0.02)]
+    with caplog.at_level("WARNING"):
+        assert load_weights(torch.nn.Linear(2, 2), cfg) == set()
+    assert "EFFDET_CHECKPOINT coco_d0.pth is ignored" in caplog.text
