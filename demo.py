@@ -8,10 +8,15 @@
 Per image: ``<name>_overlay.png`` (masks, boxes, labels); with --panel ``<name>_panel.png`` (one
 cell per instance); for images a --ground-truth JSON annotates, ``<name>_gt.png`` (annotations
 left, predictions right) and with --panel ``<name>_gt_panel.png``. Also ``coco_results.json``
-(COCO results, RLE masks, Fashionpedia category ids; image ids from the ground truth where an
-image has one). The drawings show instances scoring at least --confidence-threshold (default 0.5,
-as detectron2's demo); coco_results.json keeps every detection above the model's
-TEST.SCORE_THRESH (the evaluation threshold, 0.05 by default; set it as a KEY VALUE override).
+(COCO results, RLE masks, the category ids of the dataset the model was trained on; image ids
+from the ground truth where an image has one; for a model that predicts attributes, each
+detection's ``attribute_ids`` as in Fashionpedia's results format). The drawings show instances
+scoring at least --confidence-threshold (default 0.5, as detectron2's demo); coco_results.json
+keeps every detection above the model's TEST.SCORE_THRESH (the evaluation threshold, 0.05 by
+default; set it as a KEY VALUE override).
+
+Class names and category ids are the model's own: those training recorded in MODEL.WEIGHTS
+(``model_final.safetensors``), else those of the config's first DATASETS.TRAIN dataset.
 
 Photos are predicted and drawn in their displayed orientation (EXIF Orientation applied), and
 their results' boxes, masks, height and width refer to it. Images a --ground-truth JSON annotates
@@ -40,8 +45,9 @@ import torch
 from effdetmask.config import setup_cfg
 from effdetmask.data.fashionpedia import load_fashionpedia_json
 from effdetmask.data.image_io import read_image_rgb
-from effdetmask.data.taxonomy import class_colors, class_names, fashionpedia_metadata
+from effdetmask.data.taxonomy import class_colors
 from effdetmask.data.validation import DatasetIssue
+from effdetmask.engine.class_metadata import CLASSES_KEY, IDS_KEY, model_class_metadata
 from effdetmask.engine.defaults import check_device
 from effdetmask.evaluation.coco_evaluator import instances_to_coco_json
 from effdetmask.predictor import BatchPredictor
@@ -178,9 +184,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     gt = load_ground_truth(args.ground_truth)
     gt_ids = [int(r["image_id"]) for r in gt.values()]
     next_id = max(gt_ids, default=0) + 1  # images without ground truth get ids above the GT's
-    vis = Visualizer(class_names(), class_colors())
-    to_dataset_id = {v: k for k, v in
-                     fashionpedia_metadata()["thing_dataset_id_to_contiguous_id"].items()}
+    # the model's own classes: recorded with its weights by training, else the config's dataset
+    classes = model_class_metadata(cfg)
+    vis = Visualizer(classes[CLASSES_KEY], class_colors(len(classes[CLASSES_KEY])))
+    to_dataset_id = {v: k for k, v in classes[IDS_KEY].items()}
     os.makedirs(args.output, exist_ok=True)
     results_file = os.path.join(args.output, RESULTS_FILE)
     serialized: List[str] = []  # each result's JSON, so a rewrite of the file only joins them

@@ -52,8 +52,24 @@ def make_batch(batch_size: int, size: int, orig: int, seed: int = 0) -> List[Dic
             for i in range(batch_size)]
 
 
+# the attribute head's cost: with --attribute-head both, every EffDetMask model is timed twice,
+# as "<name>" with the head off and "<name>+attributes" with it on, in the same interleaved run
+ATTRIBUTES_SUFFIX = "+attributes"
+
+
+def run_names(args: argparse.Namespace) -> List[str]:
+    """The timed model names: ``--models``, plus ``<name>+attributes`` twins where asked."""
+    names = list(args.models)
+    if args.attribute_head == "both":
+        names += [n + ATTRIBUTES_SUFFIX for n in args.models if n != "baseline"]
+    return names
+
+
 def model_opts(args: argparse.Namespace, name: str, device: str) -> List[str]:
     opts = [*RANDOM_INIT_OPTS, "INPUT.SIZE", str(args.size), "MODEL.DEVICE", device]
+    if args.attribute_head != "config":
+        on = name.endswith(ATTRIBUTES_SUFFIX) or args.attribute_head == "on"
+        opts += ["MODEL.ROI_ATTRIBUTE_HEAD.ENABLED", str(on)]
     if args.detections > 0:
         n = str(args.detections)
         opts += ["TEST.SCORE_THRESH", "0.0", "TEST.DETECTIONS_PER_IMAGE", n]
@@ -67,8 +83,9 @@ def build_runs(args, device: str, batch: List[dict], amp: str) -> Dict[str, Dict
     runs: Dict[str, Dict[str, Any]] = {}
     dev = torch.device(device)
     gpu_batch = [{**x, "image": x["image"].to(dev)} for x in batch]
-    for name in args.models:
-        cfg = setup_cfg(os.path.join(ROOT, CONFIGS[name]), model_opts(args, name, device))
+    for name in run_names(args):
+        config = CONFIGS[name.removesuffix(ATTRIBUTES_SUFFIX)]
+        cfg = setup_cfg(os.path.join(ROOT, config), model_opts(args, name, device))
         model = build_model(cfg, inference_only=True)
 
         def fn(model=model) -> Any:
@@ -76,7 +93,7 @@ def build_runs(args, device: str, batch: List[dict], amp: str) -> Dict[str, Dict
                 return model(gpu_batch)
 
         runs[name] = {"fn": fn, "model": model, "cfg": cfg}
-        if args.floor and name != "baseline":
+        if args.floor and name != "baseline" and not name.endswith(ATTRIBUTES_SUFFIX):
             images = normalize_images(gpu_batch, model.pixel_mean, model.pixel_std)
             if cfg.MODEL.CHANNELS_LAST:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -87,7 +104,7 @@ def build_runs(args, device: str, batch: List[dict], amp: str) -> Dict[str, Dict
 
             runs[f"{name}:floor"] = {"fn": floor, "model": model, "cfg": cfg}
     if args.onnx and device == "cpu" and not amp:
-        for name in [n for n in args.models if n != "baseline"]:
+        for name in [n for n in run_names(args) if n != "baseline"]:
             runs[f"{name}:onnxruntime"] = onnx_run(args, name, runs[name])
     return runs
 
@@ -99,7 +116,8 @@ def onnx_run(args, name: str, run: Dict[str, Any]) -> Dict[str, Any]:
     path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
     export_onnx(run["model"], path, cfg.INPUT.SIZE)
     pred = OnnxPredictor(path, score_thresh=cfg.TEST.SCORE_THRESH, threads=args.threads,
-                         detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+                         detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+                         attribute_score_thresh=cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH)
     batch = make_batch(args.current_bs, args.size, args.orig_size or args.size)
     return {"fn": lambda: pred(batch), "model": None, "cfg": cfg}
 
@@ -177,6 +195,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--floor", action="store_true", help="also time backbone+BiFPN alone")
     p.add_argument("--onnx", action="store_true",
                    help="also time each EffDetMask model in onnxruntime (CPU, fp32)")
+    p.add_argument("--attribute-head", default="config", choices=["config", "on", "off", "both"],
+                   help="the attribute head as the configs say, on, off, or both (twin rows)")
     p.add_argument("--output", default="", help="JSON file for the rows")
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for EffDetMask")
     p.add_argument("--baseline-opts", nargs="*", default=[], help="KEY VALUE for the baseline")

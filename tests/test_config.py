@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from effdetmask.config import ConfigError, get_cfg, setup_cfg
+from effdetmask.config import RENAMED_KEYS, ConfigError, get_cfg, setup_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -70,3 +70,38 @@ def test_defaults_are_fresh_copies():
     a, b = get_cfg(), get_cfg()
     a.SOLVER.BASE_LR = 1.0
     assert b.SOLVER.BASE_LR != 1.0
+
+
+RENAMED = "MODEL.EFFDET_HEAD.NAME"  # now MODEL.PROPOSAL_GENERATOR.NAME
+
+
+def test_renamed_key_still_works_for_one_release_with_a_warning(tmp_path):
+    """The old name, in a yaml (through _BASE_ too), an override or a merged config, sets the new
+    key and warns naming the source, the old and the new key; no new yaml uses the old name."""
+    assert RENAMED_KEYS[RENAMED] == "MODEL.PROPOSAL_GENERATOR.NAME"
+    assert "NAME" not in get_cfg().MODEL.EFFDET_HEAD
+    old = tmp_path / "old.yaml"
+    old.write_text('_BASE_: "{}"\nMODEL:\n  EFFDET_HEAD:\n    NAME: "FromFile"\n'.format(
+        CONFIG_DIR / "effdet_d0.yaml"))
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "old.yaml"\nINPUT:\n  SIZE: 256\n')
+    for path, expected in ((old, "FromFile"), (child, "FromFile")):
+        with pytest.warns(FutureWarning, match=r"old\.yaml: config key MODEL\.EFFDET_HEAD\.NAME "
+                                               r"is deprecated, renamed MODEL\.PROPOSAL_GENERATOR"):
+            assert setup_cfg(str(path)).MODEL.PROPOSAL_GENERATOR.NAME == expected
+    with pytest.warns(FutureWarning, match="command-line override"):
+        cfg = setup_cfg("", [RENAMED, "FromList", "INPUT.SIZE", "256"])
+    assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "FromList" and cfg.INPUT.SIZE == 256
+    saved = get_cfg()  # e.g. the config of a run made before the rename
+    saved.MODEL.EFFDET_HEAD.NAME = "FromOld"
+    with pytest.warns(FutureWarning, match="merged config"):
+        cfg = get_cfg()
+        cfg.merge_from_other_cfg(saved)
+    assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "FromOld" and "NAME" in saved.MODEL.EFFDET_HEAD
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_configs_use_no_renamed_key(path, recwarn):
+    setup_cfg(str(path))
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)
+                and "deprecated, renamed" in str(w.message)]

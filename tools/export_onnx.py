@@ -5,8 +5,9 @@
         [--opset 17] [--check] [KEY VALUE ...]
 
 The graph: ``images uint8 [B, 3, S, S]`` -> ``boxes [B, N, 4]`` (xyxy input pixels), ``scores
-[B, N]`` (-1 = padding), ``classes [B, N]``, ``masks [B, N, 28, 28]`` probabilities. Pasting at the
-original resolution: ``effdetmask.export.OnnxPredictor`` (the same code as the PyTorch model).
+[B, N]`` (-1 = padding), ``classes [B, N]``, ``masks [B, N, 28, 28]`` probabilities, and with
+MODEL.ROI_ATTRIBUTE_HEAD.ENABLED ``attribute_scores [B, N, 294]``. Pasting at the original
+resolution: ``effdetmask.export.OnnxPredictor`` (the same code as the PyTorch model).
 ``--check`` runs onnxruntime on a random batch of 2 and prints the largest differences
 (detections matched by score rank, ties by box).
 """
@@ -19,10 +20,10 @@ import torch
 from effdetmask.config import setup_cfg
 from effdetmask.export import export_onnx
 from effdetmask.export.onnx import (
-    OUTPUT_NAMES,
     EffDetMaskOnnxWrapper,
     OnnxPredictor,
     match_by_score,
+    output_names,
 )
 from effdetmask.modeling import build_model
 
@@ -31,7 +32,7 @@ def check(model: torch.nn.Module, path: str, size: int) -> None:
     images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
     ours = {k: torch.from_numpy(v) for k, v in OnnxPredictor(path).run(images.numpy()).items()}
     with torch.inference_mode():
-        ref = dict(zip(OUTPUT_NAMES, EffDetMaskOnnxWrapper(model)(images)))
+        ref = dict(zip(output_names(model), EffDetMaskOnnxWrapper(model)(images)))
     for i in range(images.shape[0]):
         valid = ref["scores"][i] >= 0
         a = {k: v[i][valid] for k, v in ours.items()}
@@ -41,8 +42,12 @@ def check(model: torch.nn.Module, path: str, size: int) -> None:
         ok = match >= 0
         box = (a["boxes"][ok] - b["boxes"][match[ok]]).abs().max().item()
         mask = (a["masks"][ok] - b["masks"][match[ok]]).abs().max().item()
+        attrs = ""
+        if "attribute_scores" in a:
+            diff = (a["attribute_scores"][ok] - b["attribute_scores"][match[ok]]).abs().max()
+            attrs = f", max |attribute score diff| {diff.item():.3g}"
         print(f"image {i}: {int(ok.sum())}/{len(ok)} detections matched by score, "
-              f"max |box diff| {box:.3g} px, max |mask prob diff| {mask:.3g}")
+              f"max |box diff| {box:.3g} px, max |mask prob diff| {mask:.3g}{attrs}")
 
 
 def main() -> None:

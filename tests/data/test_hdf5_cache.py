@@ -23,7 +23,12 @@ CLI = Path(__file__).resolve().parents[2] / "datasets" / "build_cache.py"
 @pytest.fixture(scope="module")
 def dicts(tmp_path_factory):
     path = ensure_fashion_synth(str(tmp_path_factory.mktemp("synth")), "train", 8, 200, seed=2)
-    return load_fashionpedia_json(path, os.path.dirname(path))
+    dicts = load_fashionpedia_json(path, os.path.dirname(path))
+    # a blank Kaggle AttributesIds cell: attributes unknown, which is not "no attributes"
+    anns = [a for d in dicts for a in d["annotations"]]
+    for a in anns[::3]:
+        a.update(attribute_ids=[], attribute_ids_known=False)
+    return dicts
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +43,53 @@ def test_round_trip_identical_masks(dicts, cache):
                            attribute_id_to_index=attribute_id_to_index())
     ds = CachedDataset(cache)
     assert len(ds) == len(dicts)
+    known = []
     for i, d in enumerate(dicts):
         a, b = mapper(d), mapper(ds[i])
         assert (b["image_id"], b["file_name"], b["height"], b["width"]) == (
             d["image_id"], d["file_name"], d["height"], d["width"])
         assert b["scale"] == a["scale"]
-        for k in ("masks", "boxes", "classes", "attributes"):
+        for k in ("masks", "boxes", "classes", "attributes", "attributes_known"):
             assert np.array_equal(a["instances"][k].numpy(), b["instances"][k].numpy()), k
+        known.extend(b["instances"]["attributes_known"].tolist())
         # JPEG q95: close to the directly resized image, not equal
         diff = np.abs(a["image"].numpy().astype(int) - b["image"].numpy().astype(int)).mean()
         assert diff < 3.0
+    assert True in known and False in known
     assert verify_cache(cache) == []
+
+
+def test_cache_records_which_attributes_are_unknown(dicts, cache):
+    ds = CachedDataset(cache)
+    for i, d in enumerate(dicts):
+        want = [(a["attribute_ids"], a["attribute_ids_known"]) for a in d["annotations"]]
+        got = [(a["attribute_ids"], a["attribute_ids_known"]) for a in ds[i]["annotations"]]
+        assert got == want
+
+
+def test_checksum_covers_the_known_flags(cache, tmp_path):
+    bad = str(tmp_path / "flag.h5")
+    with open(cache, "rb") as src, open(bad, "wb") as dst:
+        dst.write(src.read())
+    with h5py.File(bad, "a") as f:
+        k = int(f["inst_offsets"][3])  # first instance of record 3
+        f["attr_known"][k] = not f["attr_known"][k]
+    with pytest.raises(CacheError, match="record 3 .*checksum"):
+        CachedDataset(bad)[3]
+    assert any("record 3 " in p and "checksum" in p for p in verify_cache(bad))
+
+
+def test_cache_of_an_older_format_is_refused_by_name(cache, tmp_path):
+    old = str(tmp_path / "v2.h5")
+    with open(cache, "rb") as src, open(old, "wb") as dst:
+        dst.write(src.read())
+    with h5py.File(old, "a") as f:
+        f.attrs["version"] = 2
+        del f["attr_known"]
+    with pytest.raises(CacheError, match=r"version 2 \(it does not record which instances' "
+                                         r"attributes are unknown\).*rebuild") as e:
+        CachedDataset(old)
+    assert old in str(e.value)
 
 
 def test_size_per_image(dicts, tmp_path):

@@ -13,6 +13,7 @@ from effdetmask.structures.masks import (
     mask_to_box_xyxy,
     masks_to_boxes_xyxy,
     polygons_to_mask,
+    rasterize_segmentation,
     rle_to_box_xywh,
     segmentation_to_mask,
     validate_coco_rle,
@@ -73,6 +74,24 @@ def test_boxes_of_masks():
     boxes = masks_to_boxes_xyxy(masks)
     assert boxes.dtype == np.float32 and boxes.shape == (2, 4)
     assert boxes.tolist() == [[2, 1, 5, 3], [0, 0, 0, 0]]  # empty mask -> zeros
+    assert masks_to_boxes_xyxy(np.zeros((0, 5, 6), np.uint8)).shape == (0, 4)
+    many = np.stack([_random_mask(seed) for seed in range(5)])
+    assert np.array_equal(masks_to_boxes_xyxy(many), np.stack([mask_to_box_xyxy(m) for m in many]))
+
+
+def test_rasterize_segmentation_is_the_one_conversion_at_any_size():
+    """The mapper and the HDF5 cache rasterise with this: at the source size it equals the
+    validated conversions; polygons scale with the output; bad polygons raise the same error."""
+    poly = [[2, 3, 8, 3, 8, 9, 2, 9]]
+    same_size = rasterize_segmentation(poly, 12, 10, 12, 10)
+    assert np.array_equal(same_size, polygons_to_mask(poly, 12, 10))
+    assert mask_to_box_xyxy(rasterize_segmentation(poly, 12, 10, 24, 20)).tolist() == [4, 6, 16, 18]
+    mask = _random_mask(2)
+    rle = coco_rle_encode(mask)
+    assert np.array_equal(rasterize_segmentation(rle, 23, 17, 23, 17), mask)
+    assert rasterize_segmentation(rle, 23, 17, 46, 34).sum() == 4 * mask.sum()
+    with pytest.raises(MaskFormatError, match="at least 3"):
+        rasterize_segmentation([[1, 1, 5, 1]], 10, 10, 5, 5)
 
 
 @pytest.mark.parametrize(

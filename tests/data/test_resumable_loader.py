@@ -1,20 +1,34 @@
 """The resumable sampler and loader: same order after a resume, shards cover the data."""
 
+import random
 from unittest import mock
 
+import numpy as np
 import torch
 
+from effdetmask.data.build import MapDataset
 from effdetmask.data.resumable_loader import ResumableDataLoader, ResumableSampler, SeededSamples
 
 
 class RandomAug(torch.utils.data.Dataset):
-    """Returns the index plus a draw from the global torch RNG (stands in for augmentation)."""
+    """Returns the index plus a draw from the sample's generator (stands in for augmentation)."""
 
     def __len__(self):
         return 10
 
     def __getitem__(self, i):
-        return i, float(torch.rand(()))
+        return self.get_sample(i)
+
+    def get_sample(self, i, generator=None):
+        return i, float(torch.rand((), generator=generator))
+
+
+def _global_rng_states():
+    return random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state()
+
+
+def _same_states(a, b):
+    return a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
 
 
 def _loader(progress):
@@ -42,6 +56,29 @@ def test_resume_mid_epoch_yields_the_remaining_batches_with_same_augmentation():
     resumed = _loader(None)
     resumed.load_state_dict(state)
     assert [b for b in resumed] == full[2:]
+
+
+def test_samples_draw_from_their_own_generator_and_leave_global_rngs_alone():
+    """With NUM_WORKERS=0 samples are mapped in the main process, whose RNGs the model's own
+    sampling (training RoIs, jitter) draws from: seeding a sample must not reset them."""
+    dataset = SeededSamples(RandomAug(), seed=3)
+    torch.manual_seed(123)
+    before = _global_rng_states()
+    first = [dataset[(0, i)] for i in range(10)]
+    assert _same_states(before, _global_rng_states())
+    assert [dataset[(0, i)] for i in range(10)] == first  # same (epoch, index), same draw
+    assert [dataset[(1, i)] for i in range(10)] != first
+
+
+def test_map_dataset_hands_the_sample_generator_to_the_mapper():
+    def mapper(item, generator=None):
+        return {"x": item["x"], "draw": float(torch.rand((), generator=generator))}
+
+    seeded = SeededSamples(MapDataset([{"x": 0}, {"x": 1}], mapper), seed=5)
+    expected = float(torch.rand((), generator=seeded.generator(2, 1)))
+    before = _global_rng_states()
+    assert seeded[(2, 1)] == {"x": 1, "draw": expected}
+    assert _same_states(before, _global_rng_states())
 
 
 def test_state_at_epoch_end_resumes_at_next_epoch():

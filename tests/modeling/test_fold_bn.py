@@ -86,9 +86,13 @@ def test_inference_only_build_is_folded_and_refuses_training():
     plain, folded = build_model(cfg), build_model(cfg, inference_only=True)
     assert not folded.training
     assert len(_batch_norms(folded)) < len(_batch_norms(plain))
-    folded.eval()  # still allowed
+    # no monkeypatched methods: train() is nn.Module's, the folded layers refuse to train
+    assert "train" not in vars(folded) and type(folded).train is type(plain).train
+    folded.train()
     with pytest.raises(RuntimeError, match="inference_only"):
-        folded.train()
+        folded(make_inputs([1]))
+    folded.eval()
+    assert len(folded(make_inputs([1]))) == 1
     cfg.defrost()
     cfg.TEST.FOLD_BN = False
     assert len(_batch_norms(build_model(cfg, inference_only=True))) == len(_batch_norms(plain))

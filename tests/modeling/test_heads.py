@@ -10,7 +10,6 @@ from effdetmask.modeling import (
     EfficientDetProposalGenerator,
     MaskRCNNConvUpsampleHead,
     TimmBiFPNBackbone,
-    batched_detections,
     mask_rcnn_loss,
     mask_rcnn_targets,
     paste_masks_in_image,
@@ -50,34 +49,40 @@ def test_proposals_shapes_losses_and_boxes_inside(parts):
     dets, losses = proposals(feats, _targets([2, 0]))
     assert set(losses) == {"loss_cls", "loss_box"}
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
-    for d in dets:
-        n = d["boxes"].shape[0]
-        assert 0 < n <= 100 and d["boxes"].shape == (n, 4) and d["scores"].shape == (n,)
-        assert d["classes"].dtype == torch.int64
-        assert 0 <= d["classes"].min() <= d["classes"].max() < 46
-        b = d["boxes"]
+    # one padded batch: [B, N] rows, the valid ones first, by decreasing score
+    assert dets["boxes"].shape[:2] == dets["scores"].shape == dets["valid"].shape
+    assert dets["classes"].dtype == torch.int64 and dets["valid"].dtype == torch.bool
+    for b, scores, classes, valid in zip(dets["boxes"], dets["scores"], dets["classes"],
+                                         dets["valid"]):
+        n = int(valid.sum())
+        assert 0 < n <= 100 and valid[:n].all() and (scores[n:] == -1).all()
+        assert (scores[:n].diff() <= 0).all()
+        assert 0 <= classes[:n].min() <= classes[:n].max() < 46
+        b = b[:n]
         assert (b >= 0).all() and (b <= S).all() and (b[:, 2:] >= b[:, :2]).all()
-        assert not d["boxes"].requires_grad
+    assert not dets["boxes"].requires_grad
     _, empty_losses = proposals(feats, _targets([0, 0]))
     assert all(torch.isfinite(v) for v in empty_losses.values())
     assert empty_losses["loss_box"] == 0
 
 
 def test_batched_detections_match_per_image_reference(parts):
-    _, proposals, _ = parts
+    backbone, _, _ = parts
     torch.manual_seed(3)
+    proposals = EfficientDetProposalGenerator(input_shape=backbone.output_shape(), image_size=S,
+                                              repeats=1, pre_nms_topk=500, max_detections=20)
     cls_out = [torch.randn(3, 9 * 46, S // 2**lvl, S // 2**lvl) for lvl in range(3, 8)]
     box_out = [torch.randn(3, 9 * 4, S // 2**lvl, S // 2**lvl) * 0.1 for lvl in range(3, 8)]
-    kwargs = dict(num_classes=46, image_size=S, pre_nms_topk=500, max_detections=20)
-    batched = batched_detections(cls_out, box_out, proposals.anchors_yxyx, **kwargs)
+    batched = proposals.detect(cls_out, box_out)
     for i in range(3):
-        single = batched_detections([c[i:i + 1] for c in cls_out], [b[i:i + 1] for b in box_out],
-                                    proposals.anchors_yxyx, **kwargs)[0]
-        for key in ("boxes", "scores", "classes"):
-            torch.testing.assert_close(batched[i][key], single[key])
+        single = proposals.detect([c[i:i + 1] for c in cls_out], [b[i:i + 1] for b in box_out])
+        for key in ("boxes", "scores", "classes", "valid"):
+            torch.testing.assert_close(batched[key][i], single[key][0])
         # the reference: per-class NMS inside this image
-        keep = batched_nms(single["boxes"], single["scores"], single["classes"], 0.5)
-        assert keep.numel() == single["scores"].numel()
+        n = int(single["valid"].sum())
+        keep = batched_nms(single["boxes"][0, :n], single["scores"][0, :n],
+                           single["classes"][0, :n], 0.5)
+        assert keep.numel() == n
 
 
 def test_mask_head_shapes_and_zero_boxes(parts):
@@ -95,13 +100,16 @@ def test_mask_head_shapes_and_zero_boxes(parts):
 def test_training_rois_and_targets():
     gt = {"boxes": torch.tensor([[10.0, 10, 50, 60], [60, 60, 100, 120]]),
           "classes": torch.tensor([0, 5])}
-    dets = {"boxes": torch.tensor([[11.0, 10, 50, 61], [0, 0, 5, 5], [60, 60, 101, 119]]),
-            "scores": torch.tensor([0.9, 0.95, 0.1])}
-    rois, matched = select_training_rois([dets], [gt], score_thresh=0.3, batch_size_per_image=64,
+    # a padded batch of one image; the last row is padding: not valid, so never used
+    dets = {"boxes": torch.tensor([[[11.0, 10, 50, 61], [0, 0, 5, 5], [60, 60, 101, 119],
+                                    [10, 10, 50, 60]]]),
+            "scores": torch.tensor([[0.9, 0.95, 0.1, 0.99]]),
+            "valid": torch.tensor([[True, True, True, False]])}
+    rois, matched = select_training_rois(dets, [gt], score_thresh=0.3, batch_size_per_image=64,
                                          jitter_copies=0)
     # the good high-score detection + both GT; the background one and the low-score one are out
     assert rois[0].shape == (3, 4) and matched[0].tolist() == [0, 0, 1]
-    rois_small, _ = select_training_rois([dets], [gt], score_thresh=0.3, batch_size_per_image=2,
+    rois_small, _ = select_training_rois(dets, [gt], score_thresh=0.3, batch_size_per_image=2,
                                          jitter_copies=0)
     assert rois_small[0].shape == (2, 4)
     masks = torch.zeros(2, S, S, dtype=torch.uint8)
@@ -111,8 +119,8 @@ def test_training_rois_and_targets():
     assert targets.shape == (2, 28, 28) and targets.min() == 1  # a full-box rectangle
     half = mask_rcnn_targets([masks], [torch.tensor([[30.0, 10, 70, 60]])], [torch.tensor([0])])
     assert 0.4 < half.mean() < 0.6  # the left half of the RoI is on
-    _, no_gt = select_training_rois([dets], [{"boxes": torch.zeros(0, 4),
-                                              "classes": torch.zeros(0, dtype=torch.long)}])
+    _, no_gt = select_training_rois(dets, [{"boxes": torch.zeros(0, 4),
+                                            "classes": torch.zeros(0, dtype=torch.long)}])
     assert no_gt[0].numel() == 0
 
 

@@ -108,14 +108,15 @@ def test_jittered_gt_boxes_join_the_training_rois():
     x0 = jittered.reshape(200, 2, 4)[:, 0, 0]
     assert 3.0 < float(x0.std()) < 5.0 and abs(float(x0.mean()) - 10) < 1.0
     gt = {"boxes": gt_boxes, "classes": torch.tensor([0, 5])}
-    no_dets = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0)}
-    rois, matched = select_training_rois([no_dets], [gt], batch_size_per_image=64,
+    no_dets = {"boxes": torch.zeros(1, 0, 4), "scores": torch.zeros(1, 0),
+               "valid": torch.zeros(1, 0, dtype=torch.bool)}
+    rois, matched = select_training_rois(no_dets, [gt], batch_size_per_image=64,
                                          jitter_copies=4, jitter_std=0.1)
     assert 2 < rois[0].shape[0] <= 10  # the two GT boxes and the copies that still overlap
     iou = box_iou(rois[0], gt_boxes)
     assert torch.equal(iou.argmax(dim=1), matched[0])
     assert float(iou.max(dim=1).values.min()) >= 0.5
-    exact, _ = select_training_rois([no_dets], [gt], jitter_copies=0)
+    exact, _ = select_training_rois(no_dets, [gt], jitter_copies=0)
     assert exact[0].shape == (2, 4)
 
 
@@ -125,16 +126,16 @@ def test_centre_aligned_mask_resize():
     samples at j * in / out, shifted Kaggle masks by about half an input pixel)."""
     from pycocotools import mask as mask_util
 
-    from effdetmask.data.mapper import annotation_to_mask
+    from effdetmask.structures.masks import rasterize_segmentation
 
     src = np.zeros((30, 101), np.uint8)
     src[:, 37:70] = 1
     rle = mask_util.encode(np.asfortranarray(src))
     rle["counts"] = rle["counts"].decode("ascii")
-    out = annotation_to_mask(rle, 30, 101, 30, 64)
+    out = rasterize_segmentation(rle, 30, 101, 30, 64)
     cols = np.floor((np.arange(64) + 0.5) * 101 / 64).astype(int)
     assert out[0].tolist() == src[0, cols].tolist()
     flipped = mask_util.encode(np.asfortranarray(src[:, ::-1]))
     flipped["counts"] = flipped["counts"].decode("ascii")
-    assert np.array_equal(annotation_to_mask(flipped, 30, 101, 30, 64), out[:, ::-1])
+    assert np.array_equal(rasterize_segmentation(flipped, 30, 101, 30, 64), out[:, ::-1])
     assert math.isclose(out.mean(), src.mean(), rel_tol=0.05)

@@ -248,7 +248,8 @@ def _set_with_valid_checksum(path, name, element, value):
         crcs.append(hdf5_cache._record_crc(
             raw["image_id"], raw["file_name"], raw["orig_hw"], raw["cache_hw"], raw["scale"],
             raw["has_annotations"], raw["jpeg"], raw["classes"], raw["boxes"],
-            np.diff(raw["rle_offsets"]), raw["rle"], np.diff(raw["attr_offsets"]), raw["attr_ids"]))
+            np.diff(raw["rle_offsets"]), raw["rle"], np.diff(raw["attr_offsets"]), raw["attr_ids"],
+            raw["attr_known"]))
     ds._f().close()
     with h5py.File(path, "a") as f:
         f["crc32"][:] = np.array(crcs, np.uint32)

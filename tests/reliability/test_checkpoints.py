@@ -168,8 +168,7 @@ def test_safetensors_weights_round_trip(tmp_path):
 
 def _fake_trainer(step: int, epoch: int = 0):
     return SimpleNamespace(global_step=step, current_epoch=epoch, sanity_checking=False,
-                           callback_metrics={"train/loss": torch.tensor(1.0)},
-                           fit_loop=SimpleNamespace(_should_accumulate=lambda: False))
+                           callback_metrics={"train/loss": torch.tensor(1.0)})
 
 
 def _rows(path: Path):
@@ -195,6 +194,16 @@ def test_metrics_rows_stay_unique_by_phase_and_step(tmp_path):
     assert sorted(s for p, s in keys if p == "train") == [1, 2, 3, 4, 5, 6]
     assert sorted(s for p, s in keys if p == "eval") == [3, 6]
     assert [r for r in rows if r["step"] <= 4] == [r for r in old if r["step"] <= 4]
+
+
+def test_metrics_rows_once_per_optimiser_step_from_public_trainer_state(tmp_path):
+    """With gradient accumulation a batch may end without an optimiser step: the writer tells from
+    ``trainer.global_step`` alone (the fake trainer has nothing else, no loop internals)."""
+    writer = JSONLinesMetricsWriter(str(tmp_path))
+    writer.on_train_start(_fake_trainer(0), None)
+    for step in (0, 1, 1, 2, 2, 3):  # accumulation 2, the first batch of a new run included
+        writer.on_train_batch_end(_fake_trainer(step), None)
+    assert [r["step"] for r in _rows(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
 @pytest.fixture(scope="module")

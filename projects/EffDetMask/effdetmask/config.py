@@ -8,12 +8,13 @@ themselves: a ``from_config`` classmethod or a ``build_*`` function turns it int
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+import warnings
+from typing import Any, Dict, Iterable, List, Sequence
 
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
 __all__ = ["CfgNode", "get_cfg", "add_effdetmask_config", "setup_cfg", "ConfigError",
-           "RANDOM_INIT_OPTS"]
+           "RANDOM_INIT_OPTS", "RENAMED_KEYS"]
 
 # Overrides for measuring an *untrained* model of any config (size, FLOPs, speed: none depends on
 # the weights, and inference builds fold every BatchNorm either way): no pretrained download, every
@@ -21,8 +22,55 @@ __all__ = ["CfgNode", "get_cfg", "add_effdetmask_config", "setup_cfg", "ConfigEr
 RANDOM_INIT_OPTS = ("MODEL.BACKBONE.PRETRAINED", "", "MODEL.FREEZE_BN", "False")
 
 
+# Renamed keys, old name -> new name. An old name still works for one release after its rename:
+# config files and KEY VALUE overrides that use it set the new key, with a FutureWarning.
+RENAMED_KEYS: Dict[str, str] = {
+    # the proposal generator's registry key, named as in detectron2
+    "MODEL.EFFDET_HEAD.NAME": "MODEL.PROPOSAL_GENERATOR.NAME",
+    # training-RoI selection moved from the mask head to the RoI heads, which own it
+    **{f"MODEL.ROI_MASK_HEAD.{k}": f"MODEL.ROI_HEADS.{k}" for k in (
+        "TRAIN_SCORE_THRESH", "IOU_THRESH", "BATCH_SIZE_PER_IMAGE", "GT_JITTER_COPIES",
+        "GT_JITTER_STD")},
+}
+
+
 class ConfigError(ValueError):
     """A config file or override that names an unknown key or gives a value of the wrong type."""
+
+
+def _warn_renamed(old: str, source: str) -> str:
+    """The new name of ``old``, after warning that ``source`` uses the old one."""
+    new = RENAMED_KEYS[old]
+    warnings.warn(f"{source}: config key {old} is deprecated, renamed {new}; the old name is read "
+                  "as the new one until the next release, then it is an error", FutureWarning,
+                  stacklevel=4)
+    return new
+
+
+def _rename_in_tree(tree: Dict[str, Any], source: str) -> None:
+    """Move every old key of :data:`RENAMED_KEYS` found in the nested ``tree`` to its new name."""
+    for old in RENAMED_KEYS:
+        *parents, leaf = old.split(".")
+        node: Any = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *new_parents, new_leaf = _warn_renamed(old, source).split(".")
+        target = tree
+        for part in new_parents:
+            target = target.setdefault(part, {})
+        target[new_leaf] = value
+
+
+def _rename_in_list(cfg_list: Sequence[str], source: str) -> List[str]:
+    """``KEY VALUE`` pairs with the old keys of :data:`RENAMED_KEYS` replaced by the new ones."""
+    out = list(cfg_list)
+    for i in range(0, len(out) - 1, 2):
+        if out[i] in RENAMED_KEYS:
+            out[i] = _warn_renamed(out[i], source)
+    return out
 
 
 class CfgNode(_FvcoreCfgNode):
@@ -36,13 +84,25 @@ class CfgNode(_FvcoreCfgNode):
         except (KeyError, ValueError, AssertionError) as e:
             raise ConfigError(f"{cfg_filename}: {e.args[0] if e.args else e}") from e
 
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> Dict[str, Any]:
+        # fvcore loads each _BASE_ through this too: a renamed key is reported in its own file
+        loaded = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        _rename_in_tree(loaded, filename)
+        return loaded
+
+    def merge_from_other_cfg(self, cfg_other: _FvcoreCfgNode):
+        other = type(self)(cfg_other)  # a deep copy: the caller's config is left as it is
+        _rename_in_tree(other, "merged config")
+        return super().merge_from_other_cfg(other)
+
     def merge_from_list(self, cfg_list: Sequence[str]) -> None:
         if len(cfg_list) % 2:
             raise ConfigError(
                 f"overrides must be KEY VALUE pairs, got an odd number of items: {list(cfg_list)}"
             )
         try:
-            super().merge_from_list(list(cfg_list))
+            super().merge_from_list(_rename_in_list(cfg_list, "command-line override"))
         # yacs reports an unknown key with an assertion, a wrong type with a ValueError
         except (KeyError, ValueError, AssertionError) as e:
             raise ConfigError(f"command-line override: {e.args[0] if e.args else e}") from e
@@ -96,8 +156,10 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.MODEL.BIFPN.ACT_TYPE = "swish"  # activation of BiFPN and class/box heads (Lite: "relu6")
 
     # ------------------------- EfficientDet class/box head = detector + proposal generator
-    _C.MODEL.EFFDET_HEAD = CfgNode()
-    _C.MODEL.EFFDET_HEAD.NAME = "EfficientDetProposalGenerator"  # PROPOSAL_GENERATOR_REGISTRY name
+    _C.MODEL.PROPOSAL_GENERATOR = CfgNode()
+    # PROPOSAL_GENERATOR_REGISTRY name (was MODEL.EFFDET_HEAD.NAME: still read, for one release)
+    _C.MODEL.PROPOSAL_GENERATOR.NAME = "EfficientDetProposalGenerator"
+    _C.MODEL.EFFDET_HEAD = CfgNode()  # that generator's anchors, losses and post-process
     _C.MODEL.EFFDET_HEAD.REPEATS = 3  # D_class: conv layers in the class and box heads
     _C.MODEL.EFFDET_HEAD.NUM_SCALES = 3  # anchor scales per level
     # anchor (w, h) ratios
@@ -129,16 +191,37 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.MODEL.ROI_MASK_HEAD.CANONICAL_LEVEL = 4  # the level a box of size B0 pools from
     _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256  # width of the head's 3x3 convs (paper: 256)
     _C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # number of 3x3 convs before the 2x deconv
-    # detections above this join the GT boxes as RoIs
-    _C.MODEL.ROI_MASK_HEAD.TRAIN_SCORE_THRESH = 0.3
-    _C.MODEL.ROI_MASK_HEAD.IOU_THRESH = 0.5  # RoI is positive when IoU with a GT box >= this
-    _C.MODEL.ROI_MASK_HEAD.BATCH_SIZE_PER_IMAGE = 64  # positive RoIs sampled per image for the loss
-    # training RoIs also include this many jittered copies of each GT box (0 = exact GT only), so
-    # the head trains on boxes like the detections it sees at test time
-    _C.MODEL.ROI_MASK_HEAD.GT_JITTER_COPIES = 2
-    _C.MODEL.ROI_MASK_HEAD.GT_JITTER_STD = 0.1  # jitter std of each box edge, in box widths/heights
     _C.MODEL.ROI_MASK_HEAD.LOSS_WEIGHT = 1.0  # weight of the mask BCE loss
     _C.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD = 0.5  # probability above which a pasted pixel is "on"
+
+    # ------------------------------------ RoI heads: the training RoIs of the mask/attribute heads
+    # (these five keys were MODEL.ROI_MASK_HEAD.*: the old names are still read, for one release)
+    _C.MODEL.ROI_HEADS = CfgNode()
+    _C.MODEL.ROI_HEADS.NAME = "EffDetROIHeads"  # ROI_HEADS_REGISTRY name
+    # detections above this join the GT boxes as RoIs
+    _C.MODEL.ROI_HEADS.TRAIN_SCORE_THRESH = 0.3
+    _C.MODEL.ROI_HEADS.IOU_THRESH = 0.5  # RoI is positive when IoU with a GT box >= this
+    _C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64  # positive RoIs sampled per image for the losses
+    # training RoIs also include this many jittered copies of each GT box (0 = exact GT only), so
+    # the heads train on boxes like the detections they see at test time
+    _C.MODEL.ROI_HEADS.GT_JITTER_COPIES = 2
+    _C.MODEL.ROI_HEADS.GT_JITTER_STD = 0.1  # jitter std of each box edge, in box widths/heights
+
+    # ------------------------------------- attribute head (294 Fashionpedia attributes per RoI)
+    _C.MODEL.ROI_ATTRIBUTE_HEAD = CfgNode()
+    # build it (EffDetMask and the baseline); False = no head, no loss_attribute, no outputs
+    _C.MODEL.ROI_ATTRIBUTE_HEAD.ENABLED = False
+    _C.MODEL.ROI_ATTRIBUTE_HEAD.POOLER_RESOLUTION = 7  # RoIAlign output size (baseline: its 7)
+    _C.MODEL.ROI_ATTRIBUTE_HEAD.NUM_CONV = 1  # 3x3 convs on the pooled features
+    _C.MODEL.ROI_ATTRIBUTE_HEAD.CONV_DIM = 64  # their width
+    _C.MODEL.ROI_ATTRIBUTE_HEAD.FC_DIM = 256  # width of the hidden fully connected layer
+    # per-attribute loss: "bce" (sigmoid cross-entropy) | "focal" (sigmoid focal, alpha 0.25,
+    # gamma 2); only RoIs whose GT category carries attributes and whose attributes are known count
+    _C.MODEL.ROI_ATTRIBUTE_HEAD.LOSS = "bce"
+    _C.MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT = 1.0  # weight of loss_attribute
+    # an instance's attribute_ids are the attributes scoring at least this (on the generated val
+    # after the main job, attribute F1 42 at 0.5, 54 at 0.3, 55 at 0.2: README "Attributes")
+    _C.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH = 0.2
 
     # -------------------------------------------------------------------- input / mapper
     _C.INPUT = CfgNode()

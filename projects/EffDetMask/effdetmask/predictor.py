@@ -95,7 +95,9 @@ class BatchPredictor:
     Calling it returns, per image, the instances of ``docs/interfaces.md`` on the CPU:
     ``boxes`` ``float32 [N, 4]`` xyxy in original-image pixels, ``scores`` ``float32 [N]``,
     ``classes`` ``int64 [N]`` (0..45 = Fashionpedia category ids), and ``masks`` ``bool [N, H, W]``
-    at the original size or ``masks_rle``.
+    at the original size or ``masks_rle``; with MODEL.ROI_ATTRIBUTE_HEAD.ENABLED also
+    ``attribute_scores`` ``float32 [N, 294]`` (dense attribute order) and ``attribute_ids`` (per
+    instance the sorted sparse Fashionpedia ids scoring at least its SCORE_THRESH).
     """
 
     def __init__(self, model: nn.Module, *, image_size: int, batch_size: int = 4,

@@ -51,6 +51,10 @@ class Visualizer:
         alpha: mask opacity in ``[0, 1]``.
         font_scale: OpenCV font scale of the labels.
         line_width: box line width in pixels.
+        attribute_names: names by dense attribute index (metadata ``attribute_names``): instances
+            with ``attribute_scores`` get their top attributes listed under the class label.
+        max_attributes: at most this many attributes per instance, best first.
+        attribute_thresh: only attributes scoring at least this are listed.
     """
 
     def __init__(
@@ -60,6 +64,9 @@ class Visualizer:
         alpha: float = 0.5,
         font_scale: float = 0.45,
         line_width: int = 2,
+        attribute_names: Optional[Sequence[str]] = None,
+        max_attributes: int = 3,
+        attribute_thresh: float = 0.5,
     ) -> None:
         self.class_names = list(class_names)
         self.colors: List[Color] = [tuple(int(v) for v in c) for c in (
@@ -69,10 +76,15 @@ class Visualizer:
         self.alpha = float(alpha)
         self.font_scale = float(font_scale)
         self.line_width = int(line_width)
+        self.attribute_names = list(attribute_names) if attribute_names is not None else None
+        self.max_attributes = int(max_attributes)
+        self.attribute_thresh = float(attribute_thresh)
 
     @classmethod
     def from_metadata(cls, metadata: Any, **kwargs: Any) -> "Visualizer":
-        """Visualizer from dataset metadata: ``thing_classes`` and optional ``thing_colors``."""
+        """Visualizer from dataset metadata: ``thing_classes`` and optional ``thing_colors`` and
+        ``attribute_names``."""
+        kwargs.setdefault("attribute_names", metadata.get("attribute_names", None))
         return cls(metadata.get("thing_classes"), metadata.get("thing_colors"), **kwargs)
 
     # ------------------------------------------------------------------------ helpers
@@ -97,9 +109,21 @@ class Visualizer:
         name = self.class_names[cls_id] if 0 <= cls_id < len(self.class_names) else str(cls_id)
         return name if score is None else f"{name} {score:.2f}"
 
-    def _put_label(self, image: np.ndarray, text: str, x: int, y: int, color: Color) -> None:
-        """Label with a filled background, bottom-left at ``(x, y)`` moved inside the image."""
-        (tw, th), base = cv2.getTextSize(text, _FONT, self.font_scale, 1)
+    def _attribute_lines(self, scores: Any) -> List[str]:
+        """``"name .87"`` of an instance's best attributes (``scores`` ``[294]``), best first."""
+        if self.attribute_names is None or scores is None:
+            return []
+        scores = _as_numpy(scores).reshape(-1)
+        best = np.argsort(-scores, kind="stable")[:self.max_attributes]
+        return [f"{self.attribute_names[k]} {scores[k]:.2f}" for k in best
+                if scores[k] >= self.attribute_thresh and k < len(self.attribute_names)]
+
+    def _put_label(self, image: np.ndarray, text: str, x: int, y: int, color: Color,
+                   font_scale: Optional[float] = None) -> int:
+        """Label with a filled background, bottom-left at ``(x, y)`` moved inside the image;
+        returns the y of the label's bottom."""
+        font_scale = self.font_scale if font_scale is None else font_scale
+        (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, 1)
         h, w = image.shape[:2]
         x = int(min(max(x, 0), max(w - tw - 2, 0)))
         y = int(min(max(y, th + base + 2), h - 1))
@@ -107,8 +131,9 @@ class Visualizer:
         # dark text on light colours, white on dark ones (ITU-R BT.601 luma)
         luma = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
         text_color = (0, 0, 0) if luma > 140 else (255, 255, 255)
-        cv2.putText(image, text, (x + 1, y - base - 1), _FONT, self.font_scale, text_color, 1,
+        cv2.putText(image, text, (x + 1, y - base - 1), _FONT, font_scale, text_color, 1,
                     cv2.LINE_AA)
+        return y
 
     def _blend(self, image: np.ndarray, mask: np.ndarray, color: Color) -> None:
         region = image[mask].astype(np.float32)
@@ -117,7 +142,9 @@ class Visualizer:
 
     # ------------------------------------------------------------------------ drawing
     def draw_instances(self, image: np.ndarray, instances: Mapping[str, Any]) -> np.ndarray:
-        """All instances on one image: translucent masks, boxes, ``"name score"`` labels.
+        """All instances on one image: translucent masks, boxes, ``"name score"`` labels and,
+        for instances with ``attribute_scores`` (and ``attribute_names`` given), their top
+        attributes one per line under the label, inside the box.
 
         Args:
             image: RGB ``np.uint8 [H, W, 3]`` (not modified).
@@ -139,7 +166,12 @@ class Visualizer:
             x0, y0, x1, y1 = (int(round(v)) for v in boxes[i])
             cv2.rectangle(out, (x0, y0), (x1, y1), color, self.line_width)
             score = None if scores is None else float(scores[i])
-            self._put_label(out, self._label(int(classes[i]), score), x0, y0 - 1, color)
+            y = self._put_label(out, self._label(int(classes[i]), score), x0, y0 - 1, color)
+            attrs = instances.get("attribute_scores")
+            small = self.font_scale * 0.85
+            for line in self._attribute_lines(None if attrs is None else attrs[i]):
+                (_, th), base = cv2.getTextSize(line, _FONT, small, 1)
+                y = self._put_label(out, line, x0, y + th + base + 3, color, small)
         return out
 
     def draw_panel(

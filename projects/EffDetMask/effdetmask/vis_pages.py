@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import torch
 
-from .data.mapper import annotation_to_mask, letterbox_size, resize_image
+from .data.mapper import letterbox_size, resize_image
 from .structures.boxes import xywh_to_xyxy
+from .structures.masks import rasterize_segmentation
 from .vis import Visualizer, save_png
 
 __all__ = ["display_instances", "side_by_side", "write_instance_pngs"]
@@ -35,7 +36,7 @@ def display_instances(boxes_xyxy: Any, classes: Any, scores: Optional[Any],
     boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4)
     masks = np.zeros((len(segmentations), out_h, out_w), bool)
     for i, segm in enumerate(segmentations):
-        masks[i] = annotation_to_mask(segm, height, width, out_h, out_w).astype(bool)
+        masks[i] = rasterize_segmentation(segm, height, width, out_h, out_w).astype(bool)
     out = {"boxes": boxes * boxes.new_tensor([sx, sy, sx, sy]),
            "classes": torch.as_tensor(classes).reshape(-1), "masks": masks}
     if scores is not None:

@@ -6,6 +6,7 @@ Importing this package registers the built-in datasets (lazily, no I/O) under th
 
 from .builtin import dataset_root, register_all, register_all_from_cfg
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
+from .coco_json import load_coco_json, register_coco_instances
 from .validation import DatasetIssue, SkipReport
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "dataset_root",
     "register_all",
     "register_all_from_cfg",
+    "load_coco_json",
+    "register_coco_instances",
 ]
 
 register_all()

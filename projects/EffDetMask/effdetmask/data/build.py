@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch.utils.data import Dataset, Sampler
 
 from effdetmask.data.builtin import register_all_from_cfg
@@ -125,7 +126,8 @@ class MapDataset(Dataset):
 
     Args:
         dataset: a list of dataset dicts or a :class:`CachedDataset`.
-        mapper: callable producing the model sample.
+        mapper: callable producing the model sample; ``mapper(item, generator=g)`` when a
+            generator is given (:meth:`get_sample`, the training loader), else ``mapper(item)``.
         skip_invalid: on a bad sample, log, count and return the next good one instead of raising.
     """
 
@@ -147,11 +149,18 @@ class MapDataset(Dataset):
         return f"{item.get('file_name', '?')} (image_id {item.get('image_id', '?')})"
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
+        return self.get_sample(index)
+
+    def get_sample(self, index: int, generator: Optional[torch.Generator] = None
+                   ) -> Dict[str, Any]:
+        """Sample ``index`` (or the next good one), its augmentation drawn from ``generator``
+        (:class:`~effdetmask.data.resumable_loader.SeededSamples` passes one per sample)."""
+        kwargs = {} if generator is None else {"generator": generator}
         skipped: List[Tuple[str, str]] = []
         for attempt in range(_MAX_CONSECUTIVE_SKIPS):
             i = (index + attempt) % len(self.dataset)
             try:
-                sample = self.mapper(self.dataset[i])
+                sample = self.mapper(self.dataset[i], **kwargs)
             except Exception as e:  # any failure: name the sample and say what went wrong
                 msg = f"{self._describe(i)}: {type(e).__name__}: {e}"
                 if not self.skip_invalid:
@@ -201,8 +210,9 @@ def build_train_loader(
 ) -> ResumableDataLoader:
     """The training loader: seeded shuffle, seeded augmentation, sharded over processes, resumable.
 
-    Batches are lists of ``SOLVER.IMS_PER_BATCH`` mapper outputs. Each sample's RNGs are seeded from
-    ``(SEED, epoch, index)`` (see :mod:`effdetmask.data.resumable_loader`), so the
+    Batches are lists of ``SOLVER.IMS_PER_BATCH`` mapper outputs. Each sample's augmentation draws
+    from a generator seeded from ``(SEED, epoch, index)`` (see
+    :mod:`effdetmask.data.resumable_loader`), so the
     ``DATALOADER.NUM_WORKERS`` worker processes can stay alive between epochs without changing
     what a resumed run sees. ``progress_fn`` (the trainer's ``(epoch, batches processed)``) makes
     the loader's state exact at checkpoint time.

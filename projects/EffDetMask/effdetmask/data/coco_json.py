@@ -18,11 +18,12 @@ from ..structures.masks import (
     segmentation_to_rle,
     validate_segmentation,
 )
-from .catalog import MetadataCatalog
+from .catalog import DatasetCatalog, MetadataCatalog
 from .taxonomy import class_colors
 from .validation import DatasetIssue, Reason, SkipReport
 
-__all__ = ["read_json", "coco_json_to_dicts", "coco_category_map", "load_coco_json"]
+__all__ = ["read_json", "coco_json_to_dicts", "coco_category_map", "load_coco_json",
+           "register_coco_instances"]
 
 logger = logging.getLogger(__name__)
 
@@ -228,3 +229,12 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str] 
             thing_classes=names, thing_colors=class_colors(len(names)),
             thing_dataset_id_to_contiguous_id=id_map, json_file=json_file, evaluator_type="coco")
     return dicts
+
+
+def register_coco_instances(name: str, json_file: str, image_root: str, **metadata: Any) -> None:
+    """Register a COCO instance JSON as dataset ``name``, loaded by :func:`load_coco_json` on first
+    use (registering reads nothing). Its metadata gets ``json_file``, ``image_root``,
+    ``evaluator_type="coco"`` and ``metadata`` now, the class names and id map when it loads."""
+    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
+                                  evaluator_type="coco", **metadata)

@@ -10,20 +10,22 @@ record ``i`` is ``data[offsets[i]:offsets[i + 1]]``):
   per-instance arrays;
 * per instance: ``classes`` int64 [K], ``boxes`` float32 [K, 4] (xyxy cache pixels, from the mask),
   ``rle`` uint8 flat (compressed COCO counts) + ``rle_offsets``, ``attr_ids`` int32 flat (raw sparse
-  attribute ids) + ``attr_offsets``.
+  attribute ids) + ``attr_offsets``, ``attr_known`` bool [K] (the annotation's
+  ``attribute_ids_known``: False = its attributes are unknown, not "none").
 
 Images are resized once (aspect kept, area interpolation when shrinking, no padding). The file is
 written as ``PATH.tmp`` and renamed on success; ``attrs["complete"] = True`` is written last, and
 readers refuse a file without it. A ``PATH.tmp`` that a killed build left behind is removed (and
 logged) by the next build.
 
-Integrity (format version 2): ``crc32`` holds, per image, the CRC-32 of the record's whole payload
-(image id, file name, sizes, scale, JPEG bytes, and every instance's class, box, RLE bytes and
-attribute ids, with the per-instance lengths). Reading a record recomputes it and checks class ids
-(0..NUM_CLASSES-1) and attribute ids against the taxonomy; a mismatch is a :class:`CacheError` that
-names the file, the record index, the image id and the problem (``MapDataset`` with
-``skip_invalid`` skips and counts it). Files of an older format are refused with a request to
-rebuild.
+Integrity (format version 3; reading is :mod:`effdetmask.data.hdf5_reader`): ``crc32`` holds,
+per image, the CRC-32 of the record's whole payload (image id, file name, sizes, scale, JPEG
+bytes, and every instance's class, box, RLE bytes, attribute ids and known flag, with the
+per-instance lengths). Reading a record recomputes it and checks class ids (0..NUM_CLASSES-1) and
+attribute ids against the taxonomy; a mismatch is a :class:`CacheError` that names the file, the
+record index, the image id and the problem (``MapDataset`` with ``skip_invalid`` skips and counts
+it). Files of an older format are refused with a request to
+rebuild (version 2 lacks ``attr_known``, version 1 the checksums).
 
 With ``workers > 0`` the records are encoded in a :class:`~concurrent.futures.ProcessPoolExecutor`:
 an error raised in a worker arrives intact (every project exception pickles), and a worker that dies
@@ -35,12 +37,10 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from functools import lru_cache
-from typing import Any, Deque, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import h5py
@@ -48,73 +48,30 @@ import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
 
+# the reader's names are re-exported: this module is the cache's public entry point
+from effdetmask.data.hdf5_reader import (  # noqa: F401
+    CACHE_VERSION,
+    CachedDataset,
+    CacheError,
+    _id_problem,
+    _record_crc,
+    open_cache,
+    verify_cache,
+)
 from effdetmask.data.image_io import read_image_rgb
-from effdetmask.data.mapper import annotation_to_mask, letterbox_size, masks_to_boxes, resize_image
-from effdetmask.data.taxonomy import NUM_CLASSES, load_taxonomy
+from effdetmask.data.mapper import attribute_ids_known, letterbox_size, resize_image
 from effdetmask.data.validation import DatasetIssue, Reason, SkipReport
+from effdetmask.structures.masks import masks_to_boxes_xyxy, rasterize_segmentation
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_cache", "verify_cache", "CachedDataset", "CacheError", "encode_record",
-           "CACHE_VERSION"]
+           "open_cache", "CACHE_VERSION"]
 
-# 2: per-record CRC-32 ("crc32"), class/attribute ids checked on read. Version 1 had no checksums.
-CACHE_VERSION = 2
 JPEG_QUALITY = 95
 _FLUSH_EVERY = 64  # records buffered by the writer between HDF5 appends
-_REBUILD = "rebuild it with datasets/build_cache.py"
 # Errors of one annotation that make it unusable (bad segmentation, ids, types).
 _ANNOTATION_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
-
-
-class CacheError(RuntimeError):
-    """A cache file or record that cannot be used (missing, incomplete, wrong version, corrupt).
-
-    The message names the file (and the record, for a bad record).
-    """
-
-
-@lru_cache(maxsize=1)
-def _attribute_ids() -> FrozenSet[int]:
-    return frozenset(load_taxonomy().attribute_ids)
-
-
-def _id_problem(category_id: Any, attribute_ids: Any) -> Optional[Tuple[str, str]]:
-    """``(reason, problem)`` when the class or an attribute id is not in the taxonomy, else None."""
-    if (isinstance(category_id, (bool, np.bool_))
-            or not isinstance(category_id, (int, np.integer))
-            or not 0 <= category_id < NUM_CLASSES):
-        return (Reason.UNKNOWN_CATEGORY,
-                f"category id {category_id!r} is not a class id of the taxonomy "
-                f"(0..{NUM_CLASSES - 1})")
-    known = _attribute_ids()
-    bad = [a for a in attribute_ids
-           if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer))
-           or int(a) not in known]
-    if bad:
-        return (Reason.UNKNOWN_ATTRIBUTE,
-                f"attribute id(s) {[a.item() if hasattr(a, 'item') else a for a in bad]} "
-                f"not in the taxonomy")
-    return None
-
-
-def _record_crc(image_id: int, file_name: str, orig_hw: Any, cache_hw: Any, scale: float,
-                has_annotations: bool, jpeg: Any, classes: Any, boxes: Any, rle_lengths: Any,
-                rle: Any, attr_lengths: Any, attr_ids: Any) -> int:
-    """CRC-32 of one record's payload in a fixed byte layout (the writer's and reader's view)."""
-    name = file_name.encode("utf-8", "surrogateescape")
-    parts = (
-        np.array([image_id, len(name), len(jpeg), len(classes)], "<i8"), name,
-        np.asarray(orig_hw, "<i4"), np.asarray(cache_hw, "<i4"), np.asarray(scale, "<f8"),
-        np.asarray(has_annotations, "u1"), np.ascontiguousarray(np.frombuffer(jpeg, np.uint8)),
-        np.asarray(classes, "<i8"), np.asarray(boxes, "<f4").reshape(-1, 4),
-        np.asarray(rle_lengths, "<i8"), np.ascontiguousarray(np.frombuffer(rle, np.uint8)),
-        np.asarray(attr_lengths, "<i8"), np.asarray(attr_ids, "<i4"),
-    )
-    crc = 0
-    for part in parts:
-        crc = zlib.crc32(part if isinstance(part, bytes) else part.tobytes(), crc)
-    return crc
 
 
 def _segmentation_reason(segmentation: Any) -> str:
@@ -148,7 +105,7 @@ def encode_record(item: Dict[str, Any], size: int,
     ok, jpeg = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise DatasetIssue(file_name, "JPEG encoding failed", reason=Reason.CORRUPT_IMAGE)
-    anns: List[Tuple[int, List[int]]] = []
+    anns: List[Tuple[int, List[int], bool]] = []
     masks: List[np.ndarray] = []
     for i, a in enumerate(item.get("annotations", ()) or ()):
         ann_id = a.get("id") if isinstance(a, dict) else None
@@ -164,7 +121,7 @@ def encode_record(item: Dict[str, Any], size: int,
                 reason, problem = bad_id
                 raise ValueError(problem)
             reason = _segmentation_reason(a["segmentation"])
-            mask = annotation_to_mask(a["segmentation"], h, w, ch, cw)
+            mask = rasterize_segmentation(a["segmentation"], h, w, ch, cw)
         except _ANNOTATION_ERRORS as e:
             problem = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             issue = DatasetIssue(file_name, problem, record, reason)
@@ -172,16 +129,17 @@ def encode_record(item: Dict[str, Any], size: int,
                 raise issue from e
             skipped.append(issue)
             continue
-        anns.append((int(a["category_id"]), [int(x) for x in attr_ids]))
+        anns.append((int(a["category_id"]), [int(x) for x in attr_ids], attribute_ids_known(a)))
         masks.append(mask)
     stacked = np.stack(masks) if masks else np.zeros((0, ch, cw), np.uint8)
-    boxes = masks_to_boxes(stacked)
+    boxes = masks_to_boxes_xyxy(stacked)
     keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
     rles = [mask_util.encode(np.asfortranarray(stacked[k]))["counts"] for k in keep]
     return dict(image_id=image_id, file_name=file_name, orig_hw=(h, w),
                 cache_hw=(ch, cw), scale=scale, has_annotations="annotations" in item,
                 jpeg=jpeg.tobytes(), rles=rles, boxes=boxes[keep],
-                classes=[anns[k][0] for k in keep], attr_ids=[anns[k][1] for k in keep])
+                classes=[anns[k][0] for k in keep], attr_ids=[anns[k][1] for k in keep],
+                attr_known=[anns[k][2] for k in keep])
 
 
 def _describe(item: Any) -> str:
@@ -291,6 +249,7 @@ class _Writer:
     _SPECS = dict(image_ids=("i8", ()), orig_hw=("i4", (2,)), cache_hw=("i4", (2,)),
                   scales=("f8", ()), has_annotations=("?", ()), crc32=("u4", ()), jpeg=("u1", ()),
                   classes=("i8", ()), boxes=("f4", (4,)), rle=("u1", ()), attr_ids=("i4", ()),
+                  attr_known=("?", ()),
                   jpeg_offsets=("i8", ()), inst_offsets=("i8", ()), rle_offsets=("i8", ()),
                   attr_offsets=("i8", ()))
 
@@ -344,6 +303,7 @@ class _Writer:
         self._append("rle_offsets", cum(rles, last["rle_offsets"]))
         self._append("attr_ids", np.array([x for a in attrs for x in a], np.int32))
         self._append("attr_offsets", cum(attrs, last["attr_offsets"]))
+        self._append("attr_known", np.array([k for r in b for k in r["attr_known"]], bool))
 
 
 def _writer_crc(r: Dict[str, Any]) -> int:
@@ -351,7 +311,7 @@ def _writer_crc(r: Dict[str, Any]) -> int:
         r["image_id"], r["file_name"], r["orig_hw"], r["cache_hw"], r["scale"],
         r["has_annotations"], r["jpeg"], r["classes"], r["boxes"], [len(x) for x in r["rles"]],
         b"".join(r["rles"]), [len(a) for a in r["attr_ids"]],
-        [x for a in r["attr_ids"] for x in a])
+        [x for a in r["attr_ids"] for x in a], r["attr_known"])
 
 
 def build_cache(dataset_dicts: Sequence[Dict[str, Any]], output: str, size: int, *,
@@ -407,188 +367,3 @@ def build_cache(dataset_dicts: Sequence[Dict[str, Any]], output: str, size: int,
     finally:
         results.close()
     return report
-
-
-def open_cache(path: str) -> h5py.File:
-    """Open a finished cache read-only, or raise :class:`CacheError` naming the file."""
-    if not os.path.isfile(path):
-        raise CacheError(f"{path}: cache file not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise CacheError(f"{path}: not a readable HDF5 file ({e})") from e
-    if not bool(f.attrs.get("complete", False)):
-        f.close()
-        raise CacheError(f"{path}: cache is incomplete (interrupted build?); {_REBUILD}")
-    version = int(f.attrs.get("version", -1))
-    if version != CACHE_VERSION:
-        f.close()
-        why = (" (it has no per-record checksums)" if version < 2 else "")
-        raise CacheError(f"{path}: cache format version {version}{why}, this code reads version "
-                         f"{CACHE_VERSION}; {_REBUILD}")
-    if "crc32" not in f:
-        f.close()
-        raise CacheError(f"{path}: cache has no 'crc32' checksums; {_REBUILD}")
-    return f
-
-
-class CachedDataset:
-    """Random access to cache records, each a dict the :class:`DatasetMapper` understands.
-
-    A record has ``file_name``, ``image_id``, ``height``/``width`` (original), ``scale`` (cache px
-    per original px), ``image`` (uint8 ``[h, w, 3]`` RGB at cache resolution) and, for annotated
-    images, ``annotations``: dicts with ``segmentation`` (COCO RLE at cache resolution),
-    ``category_id``, ``attribute_ids`` and ``bbox_xyxy`` (cache pixels).
-
-    Every read checks the record's CRC-32 and its class/attribute ids; a bad record raises
-    :class:`CacheError` naming the file, the record index and the image id (a ``MapDataset`` with
-    ``skip_invalid`` skips and counts it).
-
-    The HDF5 file is opened lazily in each process (h5py handles must not cross a fork) and the
-    object pickles without it.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        with open_cache(path) as f:
-            self.size = int(f.attrs["size"])
-            self._index = {k: f[k][:] for k in ("jpeg_offsets", "inst_offsets", "rle_offsets",
-                                                "attr_offsets", "cache_hw")}
-            self._len = int(f["image_ids"].shape[0])
-        self._file: Optional[h5py.File] = None
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {**self.__dict__, "_file": None}
-
-    def _f(self) -> h5py.File:
-        if self._file is None:
-            self._file = open_cache(self.path)
-        return self._file
-
-    def _read(self, i: int) -> Dict[str, Any]:
-        """The stored fields of record ``i``, unchecked; raises CacheError on bad offsets."""
-        if not 0 <= i < self._len:
-            raise IndexError(i)
-        f, ix = self._f(), self._index
-        name = f["file_names"][i]
-        name = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
-        raw: Dict[str, Any] = dict(index=i, file_name=name, image_id=int(f["image_ids"][i]),
-                                   orig_hw=f["orig_hw"][i], cache_hw=ix["cache_hw"][i],
-                                   scale=float(f["scales"][i]),
-                                   has_annotations=bool(f["has_annotations"][i]),
-                                   crc32=int(f["crc32"][i]))
-        raw["where"] = f"{self.path}: record {i} (image id {raw['image_id']}, {name})"
-        j0, j1 = (int(v) for v in ix["jpeg_offsets"][i:i + 2])
-        k0, k1 = (int(v) for v in ix["inst_offsets"][i:i + 2])
-        ro, ao = ix["rle_offsets"], ix["attr_offsets"]
-        if not (0 <= j0 <= j1 <= f["jpeg"].shape[0] and 0 <= k0 <= k1 <= f["classes"].shape[0]
-                and k1 < len(ro) and k1 < len(ao) and 0 <= ro[k0] <= ro[k1] <= f["rle"].shape[0]
-                and 0 <= ao[k0] <= ao[k1] <= f["attr_ids"].shape[0]):
-            raise CacheError(f"{raw['where']}: offsets out of range; the cache is corrupt, "
-                             f"{_REBUILD}")
-        raw["jpeg"] = f["jpeg"][j0:j1]
-        raw["classes"], raw["boxes"] = f["classes"][k0:k1], f["boxes"][k0:k1]
-        raw["rle_offsets"] = ro[k0:k1 + 1] - ro[k0]
-        raw["attr_offsets"] = ao[k0:k1 + 1] - ao[k0]
-        raw["rle"] = f["rle"][ro[k0]:ro[k1]].tobytes() if k1 > k0 else b""
-        raw["attr_ids"] = (f["attr_ids"][ao[k0]:ao[k1]] if k1 > k0 else np.zeros(0, np.int32))
-        return raw
-
-    @staticmethod
-    def _problems(raw: Dict[str, Any]) -> List[str]:
-        """What is wrong with a record read by ``_read``: checksum, class ids, attribute ids."""
-        problems = []
-        crc = _record_crc(raw["image_id"], raw["file_name"], raw["orig_hw"], raw["cache_hw"],
-                          raw["scale"], raw["has_annotations"], raw["jpeg"], raw["classes"],
-                          raw["boxes"], np.diff(raw["rle_offsets"]), raw["rle"],
-                          np.diff(raw["attr_offsets"]), raw["attr_ids"])
-        if crc != raw["crc32"]:
-            problems.append(f"checksum mismatch (stored crc32 {raw['crc32']:08x}, data "
-                            f"{crc:08x}): the stored bytes were altered")
-        ao = raw["attr_offsets"]
-        for j, c in enumerate(raw["classes"]):
-            bad = _id_problem(int(c), [int(a) for a in raw["attr_ids"][ao[j]:ao[j + 1]]])
-            if bad is not None:
-                problems.append(f"instance {j}: {bad[1]}")
-        return problems
-
-    def _record(self, raw: Dict[str, Any]) -> Dict[str, Any]:
-        """Decode a record read by ``_read`` into the mapper's dict."""
-        image = cv2.imdecode(raw["jpeg"], cv2.IMREAD_COLOR)
-        ch, cw = (int(v) for v in raw["cache_hw"])
-        if image is None or image.shape[:2] != (ch, cw):
-            raise CacheError(f"{raw['where']}: stored JPEG does not decode to {cw}x{ch}")
-        h, w = (int(v) for v in raw["orig_hw"])
-        rec: Dict[str, Any] = dict(file_name=raw["file_name"], image_id=raw["image_id"], height=h,
-                                   width=w, scale=raw["scale"],
-                                   image=np.ascontiguousarray(image[..., ::-1]))
-        if raw["has_annotations"]:
-            ro, ao = raw["rle_offsets"], raw["attr_offsets"]
-            rle, attrs = raw["rle"], raw["attr_ids"]
-            rec["annotations"] = [
-                dict(segmentation={"size": [ch, cw], "counts": rle[ro[j]:ro[j + 1]]},
-                     category_id=int(c), bbox_xyxy=raw["boxes"][j].tolist(),
-                     attribute_ids=attrs[ao[j]:ao[j + 1]].tolist(), iscrowd=0)
-                for j, c in enumerate(raw["classes"])]
-        return rec
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        raw = self._read(i)
-        problems = self._problems(raw)
-        if problems:
-            raise CacheError(f"{raw['where']}: " + "; ".join(problems)
-                             + f". The cache is corrupt: {_REBUILD} (or skip bad records with "
-                             "DATASETS.SKIP_INVALID)")
-        return self._record(raw)
-
-
-def verify_cache(path: str) -> List[str]:
-    """Re-read every record: offsets/counts, CRC-32, class and attribute ids, JPEG decodes to its
-    size, RLE sizes, box == mask box.
-
-    Returns:
-        problems found (empty = the cache is sound); each message names the record.
-    """
-    problems: List[str] = []
-    with open_cache(path) as f:
-        m = f["image_ids"].shape[0]
-        k = f["classes"].shape[0]
-        for name, n, data in (("jpeg_offsets", m, "jpeg"), ("inst_offsets", m, None),
-                              ("rle_offsets", k, "rle"), ("attr_offsets", k, "attr_ids")):
-            off = f[name][:]
-            end = f[data].shape[0] if data else k
-            if len(off) != n + 1 or off[0] != 0 or off[-1] != end or (np.diff(off) < 0).any():
-                problems.append(f"{path}: {name} inconsistent with {data or 'classes'}")
-        per_image = ("file_names", "orig_hw", "cache_hw", "scales", "has_annotations", "crc32")
-        if (int(f.attrs.get("num_images", -1)) != m or f["boxes"].shape[0] != k
-                or any(f[name].shape[0] != m for name in per_image)):
-            problems.append(f"{path}: counts disagree (num_images / per-image arrays / boxes vs "
-                            "classes)")
-    if problems:
-        return problems
-    ds = CachedDataset(path)
-    for i in range(len(ds)):
-        try:
-            raw = ds._read(i)
-            problems.extend(f"{raw['where']}: {p}" for p in ds._problems(raw))
-            rec = ds._record(raw)
-        except Exception as e:  # report every bad record, not just the first
-            problems.append(str(e) if isinstance(e, CacheError) else
-                            f"{path}: record {i}: {type(e).__name__}: {e}")
-            continue
-        ch, cw = rec["image"].shape[:2]
-        for j, ann in enumerate(rec.get("annotations", ())):
-            where = f"{raw['where']} instance {j}"
-            try:
-                mask = mask_util.decode(ann["segmentation"])
-            except Exception as e:
-                problems.append(f"{where}: RLE does not decode ({e})")
-                continue
-            if mask.shape != (ch, cw):
-                problems.append(f"{where}: mask {mask.shape} invalid (expected {(ch, cw)})")
-            elif not np.array_equal(masks_to_boxes(mask[None])[0], np.float32(ann["bbox_xyxy"])):
-                problems.append(f"{where}: stored box {ann['bbox_xyxy']} != mask box")
-    return problems

@@ -1,18 +1,17 @@
 """Dataset dict or HDF5 cache record -> one model input sample (see ``docs/interfaces.md``).
 
-The geometry is shared with the cache builder (``letterbox_size``, ``resize_image``,
-``annotation_to_mask``, ``masks_to_boxes``), so a mask cached at size ``S`` is bit-identical to the
-mask the mapper produces from the JSON at input size ``S``.
+The geometry is shared with the cache builder (``letterbox_size``, ``resize_image`` here; the mask
+conversions of :mod:`effdetmask.structures.masks`), so a mask cached at size ``S`` is
+bit-identical to the mask the mapper produces from the JSON at input size ``S``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 
 from effdetmask.data.image_io import read_image_rgb
@@ -21,16 +20,16 @@ from effdetmask.data.taxonomy import (
     attribute_id_to_index,
     left_right_attribute_pairs,
 )
+from effdetmask.structures.masks import masks_to_boxes_xyxy, rasterize_segmentation
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DatasetMapper",
     "trivial_batch_collator",
+    "attribute_ids_known",
     "letterbox_size",
     "resize_image",
-    "annotation_to_mask",
-    "masks_to_boxes",
 ]
 
 
@@ -53,54 +52,16 @@ def resize_image(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return cv2.resize(image, (out_w, out_h), interpolation=interp)
 
 
-def annotation_to_mask(segmentation: Any, height: int, width: int, out_h: int,
-                       out_w: int) -> np.ndarray:
-    """Polygons or COCO RLE (in an ``height x width`` image) -> uint8 ``[out_h, out_w]`` 0/1 mask.
+def attribute_ids_known(ann: Mapping[str, Any]) -> bool:
+    """Whether an annotation's ``attribute_ids`` are its attributes (an empty list = none) rather
+    than unknown (a blank Kaggle ``AttributesIds`` cell, a plain COCO file).
 
-    Polygons are rasterized directly at the output scale (cheap and exact at any size); RLE is
-    decoded at its own size and resized by centre-aligned nearest neighbour.
+    The loaders record it as ``attribute_ids_known``; an annotation without that field is known
+    when it has an ``attribute_ids`` field at all.
     """
-    if isinstance(segmentation, list):
-        polys = [np.asarray(p, np.float64) for p in segmentation]
-        if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
-            raise ValueError("polygon with fewer than 3 points or an odd number of coordinates")
-        sx, sy = out_w / width, out_h / height
-        scaled = [(p.reshape(-1, 2) * (sx, sy)).reshape(-1).tolist() for p in polys]
-        rle = mask_util.merge(mask_util.frPyObjects(scaled, out_h, out_w))
-        return mask_util.decode(rle)
-    if isinstance(segmentation, dict):
-        rle = dict(segmentation)
-        if isinstance(rle.get("counts"), list):  # uncompressed RLE
-            rle = mask_util.frPyObjects(rle, *rle["size"])
-        elif isinstance(rle.get("counts"), str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        mask = mask_util.decode(rle)
-        if mask.shape != (out_h, out_w):
-            # centre-aligned nearest: INTER_NEAREST samples pixel corners, shifting the mask by
-            # about half an input pixel against the (centre-aligned) INTER_AREA image
-            mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
-        return mask
-    raise ValueError(f"unsupported segmentation type {type(segmentation).__name__}")
-
-
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """uint8/bool ``[N, H, W]`` -> float32 ``[N, 4]`` xyxy pixel-edge boxes (``x1 = last col + 1``).
-
-    Empty masks give ``[0, 0, 0, 0]``.
-    """
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), np.float32)
-    if n == 0:
-        return boxes
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
-    nonempty = rows.any(axis=1)
-    h, w = masks.shape[1:]
-    boxes[:, 0] = cols.argmax(axis=1)
-    boxes[:, 1] = rows.argmax(axis=1)
-    boxes[:, 2] = w - cols[:, ::-1].argmax(axis=1)
-    boxes[:, 3] = h - rows[:, ::-1].argmax(axis=1)
-    boxes[~nonempty] = 0
-    return boxes
+    if "attribute_ids_known" in ann:
+        return bool(ann["attribute_ids_known"])
+    return "attribute_ids" in ann
 
 
 def trivial_batch_collator(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -120,7 +81,8 @@ class DatasetMapper:
             ``0..num_attributes-1``.
         num_attributes: width of the multi-hot ``attributes`` matrix.
         flip_attribute_pairs: ``(index_a, index_b)`` pairs that swap under a horizontal flip.
-    Randomness comes from ``torch``'s generator, which DataLoader seeds per worker.
+    Randomness comes from the ``generator`` passed with each item (the training loader gives every
+    sample its own, seeded from ``(SEED, epoch, index)``), else from torch's global generator.
     """
 
     def __init__(self, *, image_size: int, is_train: bool, hflip_prob: float = 0.5,
@@ -145,9 +107,11 @@ class DatasetMapper:
                    attribute_id_to_index=attribute_id_to_index(),
                    flip_attribute_pairs=sorted(left_right_attribute_pairs()))
 
-    def __call__(self, item: Mapping[str, Any]) -> Dict[str, Any]:
+    def __call__(self, item: Mapping[str, Any],
+                 generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
         """Map a dataset dict (``file_name``, ``annotations`` ...) or a cache record (``image``,
-        ``masks_rle`` ...; see ``hdf5_cache.CachedDataset``) to a sample dict."""
+        ``masks_rle`` ...; see ``hdf5_cache.CachedDataset``) to a sample dict; the flip and
+        grayscale draws come from ``generator``."""
         height, width = int(item["height"]), int(item["width"])
         th, tw, scale = letterbox_size(height, width, self.image_size)
         # a cache record carries its decoded image (and RLE masks) at cache resolution
@@ -157,8 +121,8 @@ class DatasetMapper:
             raise ValueError(f"image is {src_w}x{src_h} but the dataset says {width}x{height}")
         image = resize_image(src, th, tw)
         anns = item.get("annotations")
-        flip = bool(torch.rand(()) < self.hflip_prob)
-        gray = bool(torch.rand(()) < self.grayscale_prob)
+        flip = bool(torch.rand((), generator=generator) < self.hflip_prob)
+        gray = bool(torch.rand((), generator=generator) < self.grayscale_prob)
         if flip:
             image = image[:, ::-1]
         if gray:
@@ -183,10 +147,12 @@ class DatasetMapper:
         masks = np.zeros((len(anns), S, S), np.uint8)
         classes = np.zeros(len(anns), np.int64)
         attrs = np.zeros((len(anns), self.num_attributes), np.float32)
+        known = np.zeros(len(anns), bool)
         for i, ann in enumerate(anns):
-            m = annotation_to_mask(ann["segmentation"], src_h, src_w, th, tw)
+            m = rasterize_segmentation(ann["segmentation"], src_h, src_w, th, tw)
             masks[i, :th, :tw] = m[:, ::-1] if flip else m
             classes[i] = int(ann["category_id"])
+            known[i] = attribute_ids_known(ann)
             for aid in ann.get("attribute_ids", ()):
                 idx = self.attribute_id_to_index.get(int(aid))
                 if idx is None:
@@ -194,12 +160,13 @@ class DatasetMapper:
                 attrs[i, idx] = 1.0
         if flip:
             attrs = attrs[:, self._flip_perm]
-        boxes = masks_to_boxes(masks)
-        # one keep-index for all four fields, so they can never drift out of step
+        boxes = masks_to_boxes_xyxy(masks)
+        # one keep-index for all five fields, so they can never drift out of step
         keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         return {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep])),
             "classes": torch.from_numpy(classes[keep]),
             "masks": torch.from_numpy(np.ascontiguousarray(masks[keep])),
             "attributes": torch.from_numpy(np.ascontiguousarray(attrs[keep])),
+            "attributes_known": torch.from_numpy(known[keep]),
         }

@@ -5,8 +5,10 @@ never stopped:
 
 * :class:`ResumableSampler` draws one permutation per ``(seed, epoch)``, shards it over the
   processes itself (Lightning's own sampler replacement is switched off) and can start mid-epoch.
-* :class:`SeededSamples` seeds ``random``, ``numpy`` and ``torch`` from ``(seed, epoch, index)``
-  before mapping a sample, so augmentation does not depend on worker count or RNG history.
+* :class:`SeededSamples` hands every sample its own ``torch.Generator`` seeded from
+  ``(seed, epoch, index)``, so augmentation does not depend on worker count or RNG history, and
+  no process-global RNG is touched (with ``NUM_WORKERS=0`` the samples are mapped in the main
+  process, whose RNGs the model's own sampling uses).
 * :class:`ResumableDataLoader` implements Lightning's ``state_dict``/``load_state_dict`` loader
   protocol. Lightning prefetches one batch ahead, so the loader's own count of yielded batches is
   one too many at save time; the state therefore stores the trainer's count of *processed*
@@ -24,11 +26,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 import traceback
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import (
@@ -107,7 +107,13 @@ class ResumableSampler(Sampler):
 
 
 class SeededSamples(Dataset):
-    """Maps ``(epoch, index)`` to ``dataset[index]`` with every RNG seeded from the pair."""
+    """Maps ``(epoch, index)`` to sample ``index`` drawn with a generator seeded from the pair.
+
+    The wrapped dataset gets a fresh ``torch.Generator`` seeded from ``(seed, epoch, index)``
+    through its ``get_sample(index, generator)`` method
+    (:class:`~effdetmask.data.build.MapDataset` passes it on to the mapper's augmentation); a
+    dataset without that method is indexed as it is. No process-global RNG is seeded or drawn from.
+    """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset = dataset
@@ -116,13 +122,17 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def generator(self, epoch: int, index: int) -> torch.Generator:
+        """The generator sample ``index`` of ``epoch`` is drawn with."""
+        sample_seed = (self.seed * 1_000_003 + epoch * 10_007 + index) % (2**31)
+        return torch.Generator().manual_seed(sample_seed)
+
     def __getitem__(self, key: Tuple[int, int]):
         epoch, index = key
-        sample_seed = (self.seed * 1_000_003 + epoch * 10_007 + index) % (2**31)
-        random.seed(sample_seed)
-        np.random.seed(sample_seed)
-        torch.manual_seed(sample_seed)
-        return self.dataset[index]
+        get_sample = getattr(self.dataset, "get_sample", None)
+        if get_sample is None:
+            return self.dataset[index]
+        return get_sample(index, self.generator(epoch, index))
 
 
 class _RemoteTraceback(Exception):

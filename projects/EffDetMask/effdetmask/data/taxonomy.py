@@ -27,10 +27,16 @@ __all__ = [
     "class_colors",
     "left_right_attribute_pairs",
     "fashionpedia_metadata",
+    "CATEGORIES_WITH_ATTRIBUTES",
+    "category_has_attributes",
 ]
 
 NUM_CLASSES = 46
 NUM_ATTRIBUTES = 294
+# the categories whose instances carry attributes in the final taxonomy: the garments (0-12) and
+# the parts collar, lapel, sleeve, pocket and neckline (28, 29, 31-33); the rest (accessories, other
+# parts) never have any. Fashionpedia's FPParams.catsWithAttributes holds the same 18 ids.
+CATEGORIES_WITH_ATTRIBUTES = frozenset([*range(13), 28, 29, 31, 32, 33])
 _TAXONOMY_FILE = "fashionpedia_taxonomy.json"
 
 
@@ -94,6 +100,12 @@ def attribute_id_to_index() -> Dict[int, int]:
 def attribute_index_to_id() -> Dict[int, int]:
     """Dense attribute index (0..293) -> sparse Fashionpedia attribute id (0..340)."""
     return dict(load_taxonomy().attribute_index_to_id)
+
+
+def category_has_attributes(num_classes: int = NUM_CLASSES) -> List[bool]:
+    """Per category id ``0..num_classes-1``, whether its instances carry attributes
+    (:data:`CATEGORIES_WITH_ATTRIBUTES`): the attribute head's loss skips the others."""
+    return [c in CATEGORIES_WITH_ATTRIBUTES for c in range(num_classes)]
 
 
 def class_colors(num_classes: int = NUM_CLASSES) -> List[Tuple[int, int, int]]:

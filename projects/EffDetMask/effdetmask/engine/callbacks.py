@@ -47,6 +47,7 @@ class JSONLinesMetricsWriter(Callback):
         self.every_n_steps = max(1, every_n_steps)
         self._start = time.monotonic()
         self._keys: Optional[Set[Tuple[Any, Any]]] = None  # (phase, step) of the file's rows
+        self._last_step: Optional[int] = None  # global_step at the last train batch seen
 
     def _read_rows(self) -> Tuple[List[Dict[str, Any]], bool]:
         """The file's rows, and whether it had lines that are not JSON (a write cut short)."""
@@ -117,12 +118,15 @@ class JSONLinesMetricsWriter(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # the checkpoint (if any) is restored by now: global_step is where training continues
         self._sync(last_step=trainer.global_step)
+        self._last_step = trainer.global_step
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
-        # log only once per optimiser step, after the step happened
-        if trainer.fit_loop._should_accumulate():
+        # once per optimiser step, after it happened: a batch that only accumulated gradients
+        # leaves the (public) global_step where it was
+        if trainer.global_step == self._last_step:
             return
+        self._last_step = trainer.global_step
         if trainer.global_step % self.every_n_steps == 0:
             self._write(trainer, {"phase": "train"})
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule
 
 from ..modeling import build_model
+from ..modeling.weights import upgrade_legacy_keys
 from .solver import SolverSpec, apply_warmup, build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,9 @@ class EffDetMaskModule(LightningModule):
         for name, per_task in results.items():
             prefix = "val" if len(results) == 1 else f"val/{name}"
             for task, metrics in per_task.items():
-                for metric in ("AP", "AP50", "AP75"):
+                # AP_IOU_F1 / ATTR_F1: Fashionpedia's attribute metrics, when the model predicts
+                # attributes (evaluation/attribute_eval.py)
+                for metric in ("AP", "AP50", "AP75", "AP_IOU_F1", "ATTR_F1"):
                     value = metrics.get(metric) if isinstance(metrics, dict) else None
                     if value is not None and not math.isnan(value):
                         self.log(f"{prefix}/{task}_{metric}", float(value), sync_dist=False)
@@ -202,6 +205,9 @@ class EffDetMaskModule(LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if "state_dict" in checkpoint:  # a run saved before a part moved resumes into today's
+            checkpoint["state_dict"] = upgrade_legacy_keys(
+                checkpoint["state_dict"], set(self.state_dict()), prefix="model.")
         state = checkpoint.get("effdetmask")
         if not state:
             return

@@ -16,6 +16,7 @@ from ..data.build import build_test_loader, build_train_loader
 from ..evaluation import COCOEvaluator
 from ..modeling.weights import CheckpointError, load_torch_file, save_state_dict
 from .callbacks import EvalResultsWriter, JSONLinesMetricsWriter, RunProgressBar, SkipSummary
+from .class_metadata import training_class_metadata
 from .defaults import LaunchSpec
 from .lightning_module import EffDetMaskModule
 from .visualize import write_visualizations
@@ -29,6 +30,7 @@ __all__ = [
     "evaluate",
     "checkpoint_dir",
     "check_resume_checkpoint",
+    "batches_done_in_epoch",
     "FINAL_WEIGHTS",
 ]
 
@@ -62,10 +64,20 @@ def build_module(cfg) -> EffDetMaskModule:
     return EffDetMaskModule(cfg, _evaluator_factory(cfg), list(cfg.DATASETS.TEST))
 
 
+def batches_done_in_epoch(trainer: Trainer) -> int:
+    """Training batches of the current epoch that have finished (their ``on_train_batch_end``
+    included), resumed runs counting the batches before the checkpoint.
+
+    The one Lightning loop internal the project reads: no public attribute tells it, and the
+    resumable loader must know it exactly when a checkpoint is written (the fetcher has already
+    taken the next batch). ``tests/engine/test_lightning_internals.py`` fails if Lightning moves it.
+    """
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
 def _train_loader(cfg, module: EffDetMaskModule):
     def progress():
-        trainer = module.trainer
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return module.trainer.current_epoch, batches_done_in_epoch(module.trainer)
 
     return build_train_loader(cfg, progress_fn=progress)
 
@@ -191,7 +203,8 @@ def train(cfg, launch: LaunchSpec, resume: bool = False) -> Dict:
     )
     if trainer.is_global_zero:
         final = os.path.join(cfg.OUTPUT_DIR, FINAL_WEIGHTS)
-        save_state_dict(module.model.state_dict(), final)
+        # with the class names it predicts, so the demo draws this dataset's labels
+        save_state_dict(module.model.state_dict(), final, metadata=training_class_metadata(cfg))
         logger.info("saved %s", final)
     results = run_evaluation(trainer, module, cfg)
     if trainer.is_global_zero and cfg.TEST.VIS_IMAGES > 0:
@@ -214,8 +227,11 @@ def run_evaluation(trainer: Trainer, module: EffDetMaskModule, cfg) -> Dict:
     results = module.last_eval_results
     for name, per_task in results.items():
         for task, metrics in per_task.items():
-            ap = metrics.get("AP") if isinstance(metrics, dict) else None
-            logger.info("%s %s AP = %s", name, task, ap)
+            if not isinstance(metrics, dict):
+                continue
+            extra = "".join(f", {k} = {metrics[k]}" for k in ("AP_IOU_F1", "ATTR_F1")
+                            if k in metrics)
+            logger.info("%s %s AP = %s%s", name, task, metrics.get("AP"), extra)
     return results
 
 

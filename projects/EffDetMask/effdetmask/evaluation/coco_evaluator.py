@@ -8,6 +8,12 @@ to RLE as they arrive so that memory stays at a few hundred bytes per detection.
 Metrics are in percent (see :mod:`.backends`). Category ids are the contiguous 0..K-1 classes
 everywhere; the results JSON maps them back to dataset ids when the metadata has
 ``thing_dataset_id_to_contiguous_id``.
+
+Attributes: model outputs with ``attribute_ids`` (per instance the sparse Fashionpedia ids it
+predicts) give results with ``attribute_ids``, as in Fashionpedia's results format. When they do
+and the dataset has attributes, each IoU type's metrics also get Fashionpedia's AP with IoU and
+attribute F1 and the attribute F1 keys of :mod:`.attribute_eval` (``AP_IOU_F1``,
+``AP_IOU50_F150``, ``AP_IOU``, ``ATTR_F1``, ``ATTR_F1-<group>``), and the per-group table is logged.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import torch
 import torch.distributed as dist
 
 from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..data.mapper import attribute_ids_known
+from ..data.taxonomy import load_taxonomy
 from ..structures.boxes import xyxy_to_xywh
 from ..structures.masks import coco_rle_encode, segmentation_to_rle
+from .attribute_eval import attribute_metrics, results_have_attributes
 from .backends import (
     IOU_TYPES,
     evaluate_coco_json,
@@ -39,6 +48,14 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "coco_instances_results.json"
 
 
+def taxonomy_attributes() -> List[Dict[str, Any]]:
+    """The final taxonomy's 294 attributes as a Fashionpedia ``attributes`` list (id, name,
+    supercategory = attribute group)."""
+    tax = load_taxonomy()
+    return [{"id": int(i), "name": n, "supercategory": s} for i, n, s in
+            zip(tax.attribute_ids, tax.attribute_names, tax.attribute_supercategories)]
+
+
 def dataset_dicts_to_coco(
     dataset_dicts: Sequence[Mapping[str, Any]], class_names: Sequence[str]
 ) -> Dict[str, Any]:
@@ -47,12 +64,18 @@ def dataset_dicts_to_coco(
     Args:
         dataset_dicts: detectron2-style dicts (``image_id``, ``height``, ``width``,
             ``annotations`` with ``bbox`` XYWH, ``category_id`` 0..K-1, ``segmentation`` polygons
-            or RLE, ``iscrowd``).
+            or RLE, ``iscrowd``, optionally ``attribute_ids`` and ``attribute_ids_known``).
         class_names: K names; category ``k`` is named ``class_names[k]``.
     Returns:
         COCO dict; segmentations as compressed RLE (``str`` counts), ``area`` = mask pixel area
-        unless the dict carries ``area``, annotation ids 1..N.
+        unless the dict carries ``area``, annotation ids 1..N. When any annotation has
+        ``attribute_ids``, the dict is in Fashionpedia's format: every annotation gets
+        ``attribute_ids`` (sparse ids, sorted; ``[]`` when missing) and ``attribute_ids_known``,
+        and the dict gets the taxonomy's ``attributes`` list (an unknown set, e.g. a blank Kaggle
+        cell, still counts as "no attributes" in Fashionpedia's F1).
     """
+    with_attributes = any("attribute_ids" in a for r in dataset_dicts
+                          for a in r.get("annotations", []))
     images, annotations = [], []
     for record in dataset_dicts:
         h, w = int(record["height"]), int(record["width"])
@@ -72,9 +95,15 @@ def dataset_dicts_to_coco(
                 out["area"] = float(ann.get("area", rle_area(rle)))
             else:
                 out["area"] = float(ann.get("area", out["bbox"][2] * out["bbox"][3]))
+            if with_attributes:
+                out["attribute_ids"] = sorted({int(a) for a in ann.get("attribute_ids", ())})
+                out["attribute_ids_known"] = attribute_ids_known(ann)
             annotations.append(out)
     categories = [{"id": k, "name": str(n)} for k, n in enumerate(class_names)]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    gt = {"images": images, "annotations": annotations, "categories": categories}
+    if with_attributes:
+        gt["attributes"] = taxonomy_attributes()
+    return gt
 
 
 def instances_to_coco_json(instances: Mapping[str, Any], image_id: int, height: int,
@@ -84,12 +113,14 @@ def instances_to_coco_json(instances: Mapping[str, Any], image_id: int, height: 
     Args:
         instances: ``boxes`` float ``[N, 4]`` xyxy original pixels, ``scores`` ``[N]``,
             ``classes`` int ``[N]``, and ``masks`` bool ``[N, height, width]`` or ``masks_rle``
-            (N COCO RLE dicts of size ``[height, width]``) or neither (box-only model).
+            (N COCO RLE dicts of size ``[height, width]``) or neither (box-only model);
+            optionally ``attribute_ids``: N sequences of sparse Fashionpedia attribute ids.
         image_id: the image's id.
         height, width: original image size; masks must have it (not the letterbox size).
     Returns:
-        N dicts with ``image_id``, ``category_id``, ``score``, ``bbox`` XYWH and, with masks,
-        ``segmentation`` (compressed RLE, ``str`` counts).
+        N dicts with ``image_id``, ``category_id``, ``score``, ``bbox`` XYWH, with masks
+        ``segmentation`` (compressed RLE, ``str`` counts), and with attributes ``attribute_ids``
+        (sorted ``int`` list, Fashionpedia's results format).
     """
     boxes_xywh = xyxy_to_xywh(torch.as_tensor(instances["boxes"]).detach().float().cpu())
     scores = torch.as_tensor(instances["scores"]).detach().float().cpu().tolist()
@@ -108,12 +139,20 @@ def instances_to_coco_json(instances: Mapping[str, Any], image_id: int, height: 
         rles = [coco_rle_encode(m) for m in masks.numpy().astype(np.uint8, copy=False)]
     if rles is not None and len(rles) != n:
         raise ValueError(f"image {image_id}: {len(rles)} masks for {n} detections")
+    attrs: Optional[List[List[int]]] = None
+    if instances.get("attribute_ids") is not None:
+        attrs = [sorted({int(a) for a in torch.as_tensor(ids).reshape(-1).tolist()})
+                 for ids in instances["attribute_ids"]]
+        if len(attrs) != n:
+            raise ValueError(f"image {image_id}: {len(attrs)} attribute sets for {n} detections")
     results = []
     for i in range(n):
         r = {"image_id": int(image_id), "category_id": int(classes[i]), "score": float(scores[i]),
              "bbox": [float(v) for v in boxes_xywh[i].tolist()]}
         if rles is not None:
             r["segmentation"] = rles[i]
+        if attrs is not None:
+            r["attribute_ids"] = attrs[i]
         results.append(r)
     return results
 
@@ -135,6 +174,10 @@ class COCOEvaluator:
         dataset_dicts: ground truth given directly instead of through the catalog.
         class_names: names of the classes, overriding the metadata.
         distributed: gather predictions from all processes of the default process group.
+        attributes: evaluate attributes (Fashionpedia's AP with IoU+F1, attribute F1) when the
+            predictions carry ``attribute_ids``; ``None`` = when the dataset has attributes (its
+            metadata has ``attribute_names``, as every Fashionpedia-taxonomy dataset's does, or
+            else an annotation has known ``attribute_ids``).
     """
 
     def __init__(
@@ -146,6 +189,7 @@ class COCOEvaluator:
         dataset_dicts: Optional[Sequence[Mapping[str, Any]]] = None,
         class_names: Optional[Sequence[str]] = None,
         distributed: bool = True,
+        attributes: Optional[bool] = None,
     ) -> None:
         if dataset_name is None and dataset_dicts is None:
             raise ValueError("COCOEvaluator needs a dataset_name or dataset_dicts")
@@ -162,6 +206,9 @@ class COCOEvaluator:
         id_map = meta.get("thing_dataset_id_to_contiguous_id") if meta is not None else None
         self._contiguous_to_dataset_id = {v: k for k, v in id_map.items()} if id_map else None
         self._distributed = distributed
+        if attributes is None and meta is not None and meta.get("attribute_names"):
+            attributes = True
+        self._attributes = attributes  # None: decided by the ground truth (_ground_truth)
         self._gt_coco: Optional[Dict[str, Any]] = None
         self.reset()
 
@@ -235,6 +282,9 @@ class COCOEvaluator:
                               default=-1)
                 names = [str(k) for k in range(num)]
             self._gt_coco = dataset_dicts_to_coco(dicts, names)
+            if self._attributes is None:  # a plain COCO file's attributes are all unknown
+                self._attributes = any(a.get("attribute_ids_known")
+                                       for a in self._gt_coco["annotations"])
         return self._gt_coco
 
     def _evaluate_predictions(
@@ -261,6 +311,15 @@ class COCOEvaluator:
                                                                          "APs", "APm", "APl")),
                 format_per_category_table(m),
             )
+        if self._attributes and results_have_attributes(coco_results):
+            if "attributes" not in gt:
+                gt = {**gt, "attributes": taxonomy_attributes()}
+            for iou_type, m in attribute_metrics(gt, coco_results, iou_types, sorted(predictions),
+                                                 self.dataset_name or "dataset").items():
+                metrics[iou_type].update(m)
+        elif results_have_attributes(coco_results):
+            logger.info("%s has no attributes: the predicted attribute_ids are not evaluated",
+                        self.dataset_name or "dataset")
         return metrics
 
     def _write_results(self, coco_results: List[Dict[str, Any]]) -> None:

@@ -1,8 +1,10 @@
-"""ONNX export of the whole EffDetMask (detections and 28x28 masks) and an onnxruntime predictor.
+"""ONNX export of the whole EffDetMask (detections, 28x28 masks and, with an attribute head, the
+294 attribute scores) and an onnxruntime predictor.
 
 The graph takes an image batch and returns fixed-size padded outputs; pasting the masks at the
-original resolution stays outside the graph, in the same :func:`finalize_instances` the PyTorch
-model ends with, so both paths give the same final instances.
+original resolution stays outside the graph, in the same :func:`select_detections` and
+:func:`instances_from_detections` the PyTorch model ends with, so both paths give the same final
+instances.
 """
 
 from __future__ import annotations
@@ -14,22 +16,32 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..modeling.postprocess import finalize_instances, image_meta, select_padded
+from ..modeling.postprocess import instances_from_detections, select_detections
 
 __all__ = ["EffDetMaskOnnxWrapper", "export_onnx", "OnnxPredictor", "OUTPUT_NAMES",
-           "match_by_score"]
+           "ATTRIBUTE_OUTPUT", "output_names", "match_by_score"]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ["boxes", "scores", "classes", "masks"]
+ATTRIBUTE_OUTPUT = "attribute_scores"  # the extra output of a model with an attribute head
+
+
+def output_names(model: nn.Module) -> List[str]:
+    """The graph outputs of ``model``: :data:`OUTPUT_NAMES`, plus :data:`ATTRIBUTE_OUTPUT` when
+    its RoI heads have an attribute head."""
+    has_attributes = getattr(model.roi_heads, "attribute_head", None) is not None
+    return OUTPUT_NAMES + [ATTRIBUTE_OUTPUT] * has_attributes
 
 
 class EffDetMaskOnnxWrapper(nn.Module):
-    """``forward(images: uint8/float [B, 3, S, S] RGB 0..255) -> (boxes, scores, classes, masks)``.
+    """``forward(images: uint8/float [B, 3, S, S] RGB 0..255) -> (boxes, scores, classes, masks)``
+    and, with an attribute head, ``attribute_scores`` last (:func:`output_names`).
 
     * ``boxes``: ``float32 [B, N, 4]`` xyxy in input pixels; ``scores``: ``float32 [B, N]``, ``-1``
       on padding rows; ``classes``: ``int64 [B, N]`` 0..45; ``masks``: ``float32 [B, N, 2R, 2R]``
-      probabilities of each row's class. ``N`` = ``MODEL.EFFDET_HEAD.MAX_DETECTIONS``.
+      probabilities of each row's class; ``attribute_scores``: ``float32 [B, N, 294]`` sigmoid
+      scores (dense attribute order). ``N`` = ``MODEL.EFFDET_HEAD.MAX_DETECTIONS``.
     * No score threshold inside: :meth:`OnnxPredictor.__call__` applies ``TEST.SCORE_THRESH``.
     """
 
@@ -45,9 +57,12 @@ class EffDetMaskOnnxWrapper(nn.Module):
         batch, n = det["scores"].shape
         image_idx = torch.arange(batch, device=x.device)[:, None].expand(batch, n).reshape(-1, 1)
         rois = torch.cat([image_idx.to(x.dtype), det["boxes"].reshape(-1, 4)], dim=1)
-        logits = m.mask_head.forward_rois(features, rois, det["classes"].reshape(-1))
-        masks = logits.sigmoid().reshape(batch, n, *logits.shape[-2:])
-        return det["boxes"], det["scores"], det["classes"], masks
+        out = m.roi_heads.inference(features, rois, det["classes"].reshape(-1))
+        masks = out["mask_probs"].reshape(batch, n, *out["mask_probs"].shape[-2:])
+        if ATTRIBUTE_OUTPUT not in out:
+            return det["boxes"], det["scores"], det["classes"], masks
+        attributes = out[ATTRIBUTE_OUTPUT].reshape(batch, n, -1)
+        return det["boxes"], det["scores"], det["classes"], masks, attributes
 
 
 def export_onnx(model: nn.Module, path: str, image_size: int, *, opset: int = 17,
@@ -59,10 +74,11 @@ def export_onnx(model: nn.Module, path: str, image_size: int, *, opset: int = 17
     """
     wrapper = EffDetMaskOnnxWrapper(model.eval()).eval()
     dummy = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8)
-    dynamic = {"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUT_NAMES}}
+    names = output_names(model)
+    dynamic = {"images": {0: "batch"}, **{k: {0: "batch"} for k in names}}
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(wrapper, (dummy,), path, input_names=["images"],
-                          output_names=OUTPUT_NAMES, dynamic_axes=dynamic, opset_version=opset,
+                          output_names=names, dynamic_axes=dynamic, opset_version=opset,
                           dynamo=False)
     logger.info("exported %s (opset %d, dynamic batch)", path, opset)
     return path
@@ -89,11 +105,13 @@ class OnnxPredictor:
     """onnxruntime (CPU) session of an exported model behind the PyTorch model's eval contract.
 
     ``predictor(batched_inputs)`` takes mapper outputs and returns per image ``{"instances":
-    ...}`` exactly as ``EffDetMask`` does (same selection, same pasting code).
+    ...}`` exactly as ``EffDetMask`` does (same selection, same pasting code; ``attribute_scores``
+    and ``attribute_ids``, thresholded at ``attribute_score_thresh``, when the graph has them).
     """
 
     def __init__(self, path: str, *, score_thresh: float = 0.05, detections_per_image: int = 100,
-                 mask_threshold: float = 0.5, threads: int = 0) -> None:
+                 mask_threshold: float = 0.5, threads: int = 0,
+                 attribute_score_thresh: float = 0.5) -> None:
         import onnxruntime as ort  # optional at import time of the package
 
         opts = ort.SessionOptions()
@@ -104,24 +122,21 @@ class OnnxPredictor:
         self.score_thresh = score_thresh
         self.detections_per_image = detections_per_image
         self.mask_threshold = mask_threshold
+        self.attribute_score_thresh = attribute_score_thresh
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, images: np.ndarray) -> Dict[str, np.ndarray]:
-        """Raw padded outputs for ``uint8 [B, 3, S, S]`` images."""
-        return dict(zip(OUTPUT_NAMES, self.session.run(OUTPUT_NAMES, {"images": images})))
+        """Raw padded outputs for ``uint8 [B, 3, S, S]`` images, by output name."""
+        return dict(zip(self.output_names,
+                        self.session.run(self.output_names, {"images": images})))
 
     def __call__(self, batched_inputs: Sequence[Dict[str, Any]], return_rle: bool = False
                  ) -> List[Dict[str, Any]]:
         images = torch.stack([x["image"] for x in batched_inputs]).numpy()
         det = {k: torch.from_numpy(v) for k, v in self.run(images).items()}
         det["valid"] = det["scores"] >= 0
-        scales, heights, widths = image_meta(batched_inputs, torch.device("cpu"))
-        keep = select_padded(det, scales, heights, widths, score_thresh=self.score_thresh,
-                             max_detections=self.detections_per_image)
-        instances = finalize_instances(
-            det["boxes"][keep], det["scores"][keep], det["classes"][keep], det["masks"][keep],
-            counts=keep.sum(1).tolist(), scales=[float(x["scale"]) for x in batched_inputs],
-            heights=[int(x["height"]) for x in batched_inputs],
-            widths=[int(x["width"]) for x in batched_inputs], mask_threshold=self.mask_threshold,
-            return_rle=return_rle,
-        )
-        return [{"instances": inst} for inst in instances]
+        kept = select_detections(det, batched_inputs, score_thresh=self.score_thresh,
+                                 max_detections=self.detections_per_image)
+        return instances_from_detections(kept, kept["masks"], batched_inputs,
+                                         mask_threshold=self.mask_threshold, return_rle=return_rle,
+                                         attribute_score_thresh=self.attribute_score_thresh)

@@ -3,9 +3,11 @@
 Importing this package runs every registration, so ``build_model(cfg)`` can find any part by name.
 """
 
+from .attribute_head import AttributeHead, attribute_loss, attribute_targets
 from .backbone import TimmBiFPNBackbone
 from .baseline import MaskRCNNBaseline
 from .build import build_model
+from .effdet_utils import ShapeSpec
 from .frozen_bn import freeze_batch_norm
 from .mask_head import (
     MaskRCNNConvUpsampleHead,
@@ -16,28 +18,32 @@ from .mask_head import (
 )
 from .meta_arch import EffDetMask
 from .paste import paste_masks_in_images
-from .postprocess import detector_postprocess, finalize_instances, select_detections, select_padded
-from .proposal_generator import (
-    EfficientDetProposalGenerator,
-    batched_detections,
-    padded_detections,
-)
+from .postprocess import finalize_instances, instances_from_detections, select_detections
+from .proposal_generator import EfficientDetProposalGenerator
 from .registry import (
     BACKBONE_REGISTRY,
     META_ARCH_REGISTRY,
     PROPOSAL_GENERATOR_REGISTRY,
+    ROI_HEADS_REGISTRY,
     ROI_MASK_HEAD_REGISTRY,
 )
+from .roi_heads import EffDetROIHeads
 from .weights import load_checkpoint, load_effdet_checkpoint, load_weights
 
 __all__ = [
     "BACKBONE_REGISTRY",
     "META_ARCH_REGISTRY",
     "PROPOSAL_GENERATOR_REGISTRY",
+    "ROI_HEADS_REGISTRY",
     "ROI_MASK_HEAD_REGISTRY",
+    "ShapeSpec",
     "TimmBiFPNBackbone",
     "EfficientDetProposalGenerator",
     "MaskRCNNConvUpsampleHead",
+    "EffDetROIHeads",
+    "AttributeHead",
+    "attribute_loss",
+    "attribute_targets",
     "EffDetMask",
     "MaskRCNNBaseline",
     "build_model",
@@ -45,15 +51,12 @@ __all__ = [
     "load_checkpoint",
     "load_effdet_checkpoint",
     "freeze_batch_norm",
-    "batched_detections",
     "select_training_rois",
     "mask_rcnn_targets",
     "mask_rcnn_loss",
     "paste_masks_in_image",
     "select_detections",
-    "detector_postprocess",
+    "instances_from_detections",
     "finalize_instances",
-    "select_padded",
-    "padded_detections",
     "paste_masks_in_images",
 ]

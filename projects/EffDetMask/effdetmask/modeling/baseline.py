@@ -6,13 +6,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.image_list import ImageList
 
 from ..structures.boxes import classes_to_torchvision, torchvision_to_classes
+from .attribute_head import ATTRIBUTE_LOSSES, attribute_loss, attribute_targets
 from .meta_arch import normalize_images, targets_from_inputs
-from .postprocess import finalize_instances, select_detections
+from .postprocess import instances_from_detections, select_detections
 from .registry import META_ARCH_REGISTRY
+from .roi_heads import build_attribute_head
 
 __all__ = ["MaskRCNNBaseline"]
 
@@ -35,8 +38,13 @@ class MaskRCNNBaseline(nn.Module):
     EffDetMask, normalised the same way; torchvision's ``GeneralizedRCNNTransform`` is bypassed
     (our mapper already letterboxes to ``S x S``, so it must not resize again) and its
     ``min_size = max_size = S`` only matters if ``self.net`` is called directly. Outputs go through
-    the same :func:`finalize_instances` (original coordinates, masks pasted at original
-    resolution or RLE).
+    the same :func:`select_detections` and :func:`instances_from_detections` as EffDetMask's
+    (original coordinates, masks pasted at original resolution or RLE).
+
+    ``attribute_head`` (optional, :class:`.attribute_head.AttributeHead` on ``[K, 256, 7, 7]``)
+    is EffDetMask's attribute head on this model's own RoI features (its 7x7 box pooler): it trains
+    on the positive proposals of torchvision's own matching and sampling (a separate draw from
+    the box head's, after it), adding ``loss_attribute``, and scores the final boxes at inference.
     """
 
     def __init__(
@@ -50,6 +58,10 @@ class MaskRCNNBaseline(nn.Module):
         detections_per_image: int = 100,
         mask_threshold: float = 0.5,
         return_rle: bool = False,
+        attribute_head: Optional[nn.Module] = None,
+        attribute_loss: str = "bce",
+        attribute_loss_weight: float = 1.0,
+        attribute_score_thresh: float = 0.5,
     ) -> None:
         super().__init__()
         self.net = maskrcnn_resnet50_fpn(
@@ -65,10 +77,24 @@ class MaskRCNNBaseline(nn.Module):
         self.detections_per_image = detections_per_image
         self.mask_threshold = mask_threshold
         self.return_rle = return_rle
+        if attribute_loss not in ATTRIBUTE_LOSSES:
+            raise ValueError(f"MODEL.ROI_ATTRIBUTE_HEAD.LOSS must be one of {ATTRIBUTE_LOSSES}, "
+                             f"got {attribute_loss!r}")
+        self.attribute_head = attribute_head
+        self.num_classes = num_classes
+        self.attribute_loss = attribute_loss
+        self.attribute_loss_weight = attribute_loss_weight
+        self.attribute_score_thresh = attribute_score_thresh
 
     @classmethod
     def from_config(cls, cfg) -> dict:
+        attr = cfg.MODEL.ROI_ATTRIBUTE_HEAD
         return dict(
+            attribute_head=(build_attribute_head(cfg, in_channels=256, pooler_resolution=7)
+                            if attr.ENABLED else None),
+            attribute_loss=attr.LOSS,
+            attribute_loss_weight=attr.LOSS_WEIGHT,
+            attribute_score_thresh=attr.SCORE_THRESH,
             num_classes=cfg.MODEL.NUM_CLASSES,
             image_size=cfg.INPUT.SIZE,
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
@@ -87,39 +113,63 @@ class MaskRCNNBaseline(nn.Module):
         images = normalize_images(batched_inputs, self.pixel_mean, self.pixel_std)
         image_list = ImageList(images, [tuple(images.shape[-2:])] * images.shape[0])
         features = self.net.backbone(images)
-        targets = None
+        ours, targets = None, None
         if self.training:
-            targets = [
-                {"boxes": t["boxes"], "labels": classes_to_torchvision(t["classes"]),
-                 "masks": t["masks"]}
-                for t in targets_from_inputs(batched_inputs, self.device)
-            ]
+            ours = targets_from_inputs(batched_inputs, self.device)
+            targets = [{"boxes": t["boxes"], "labels": classes_to_torchvision(t["classes"]),
+                        "masks": t["masks"]} for t in ours]
         proposals, rpn_losses = self.net.rpn(image_list, features, targets)
         detections, head_losses = self.net.roi_heads(
             features, proposals, image_list.image_sizes, targets
         )
         if self.training:
-            return {_LOSS_NAMES.get(k, k): v for k, v in {**rpn_losses, **head_losses}.items()}
+            losses = {_LOSS_NAMES.get(k, k): v for k, v in {**rpn_losses, **head_losses}.items()}
+            if self.attribute_head is not None:
+                losses["loss_attribute"] = self._attribute_loss(
+                    features, proposals, image_list.image_sizes, targets, ours)
+            return losses
+        if self.attribute_head is not None:
+            x = self.net.roi_heads.box_roi_pool(features, [d["boxes"] for d in detections],
+                                                image_list.image_sizes)
+            scores = self.attribute_head(x).float().sigmoid()
+            for d, s in zip(detections, scores.split([len(d["boxes"]) for d in detections])):
+                d["attribute_scores"] = s
         return self._postprocess(batched_inputs, detections,
                                  self.return_rle if return_rle is None else return_rle)
 
+    def _attribute_loss(self, features, proposals, image_sizes, targets, ours) -> torch.Tensor:
+        """``loss_attribute`` on the positives of torchvision's matching and sampling of the
+        (detached) proposals plus GT boxes; ``ours``: :func:`targets_from_inputs` output."""
+        heads = self.net.roi_heads
+        props, matched, labels, _ = heads.select_training_samples(
+            [p.detach() for p in proposals], targets)
+        pos = [torch.where(lab > 0)[0] for lab in labels]
+        x = heads.box_roi_pool(features, [p[i] for p, i in zip(props, pos)], image_sizes)
+        tgt = attribute_targets(ours, [m[i] for m, i in zip(matched, pos)], self.num_classes)
+        return self.attribute_loss_weight * attribute_loss(
+            self.attribute_head(x), tgt["attributes"], tgt["valid"], loss=self.attribute_loss)
+
     def _postprocess(self, batched_inputs, detections, return_rle: bool) -> List[Dict[str, Any]]:
-        picked = []
-        for x, det in zip(batched_inputs, detections):
-            classes = torchvision_to_classes(det["labels"])
-            idx = select_detections(
-                det["boxes"], det["scores"], classes, scale=float(x["scale"]),
-                height=int(x["height"]), width=int(x["width"]),
-                score_thresh=self.score_thresh, max_detections=self.detections_per_image,
-            )
-            picked.append((det["boxes"][idx], det["scores"][idx], classes[idx],
-                           det["masks"][idx, 0]))
-        boxes, scores, classes, probs = (torch.cat(t) for t in zip(*picked))
-        instances = finalize_instances(
-            boxes, scores, classes, probs, counts=[len(p[1]) for p in picked],
-            scales=[float(x["scale"]) for x in batched_inputs],
-            heights=[int(x["height"]) for x in batched_inputs],
-            widths=[int(x["width"]) for x in batched_inputs],
-            mask_threshold=self.mask_threshold, return_rle=return_rle,
-        )
-        return [{"instances": inst} for inst in instances]
+        kept = select_detections(_pad(detections), batched_inputs, score_thresh=self.score_thresh,
+                                 max_detections=self.detections_per_image)
+        return instances_from_detections(kept, kept["masks"], batched_inputs,
+                                         mask_threshold=self.mask_threshold, return_rle=return_rle,
+                                         attribute_score_thresh=self.attribute_score_thresh)
+
+
+def _pad(detections: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """torchvision's per-image detections (sorted by score) -> the padded batch of
+    :func:`select_detections`: ``boxes [B, N, 4]``, ``scores``, ``classes`` (0..45), ``masks``
+    ``[B, N, R, R]``, ``valid`` and, with an attribute head, ``attribute_scores`` ``[B, N, 294]``;
+    ``N`` the largest count."""
+    rows = {
+        "boxes": [d["boxes"] for d in detections],
+        "scores": [d["scores"] for d in detections],
+        "classes": [torchvision_to_classes(d["labels"]) for d in detections],
+        "masks": [d["masks"][:, 0] for d in detections],
+        "valid": [torch.ones_like(d["scores"], dtype=torch.bool) for d in detections],
+    }
+    if detections and "attribute_scores" in detections[0]:
+        rows["attribute_scores"] = [d["attribute_scores"] for d in detections]
+    return {k: pad_sequence(v, batch_first=True, padding_value=-1 if k == "scores" else 0)
+            for k, v in rows.items()}

@@ -31,8 +31,8 @@ def build_model(cfg, device: Optional[Union[str, torch.device]] = None, *,
 
     The model is returned in train mode, like a freshly built ``nn.Module``; with
     ``inference_only`` (predictor, benchmarks, export) it is returned in eval mode with its
-    BatchNorms folded into the convolutions (TEST.FOLD_BN, :mod:`.fold_bn`), and refuses
-    ``train()``.
+    BatchNorms folded into the convolutions (TEST.FOLD_BN, :mod:`.fold_bn`): the
+    :class:`.fold_bn.FoldedBatchNorm` left in their place raise on a training-mode forward.
     """
     arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     model = arch(**arch.from_config(cfg))
@@ -48,7 +48,6 @@ def build_model(cfg, device: Optional[Union[str, torch.device]] = None, *,
         model.eval()
         if cfg.TEST.FOLD_BN:
             logger.info("folded %d BatchNorms into convolutions", fold_batch_norm(model))
-            _refuse_training(model)
     model = apply_inference_options(model, channels_last=cfg.MODEL.CHANNELS_LAST,
                                     compile=cfg.MODEL.COMPILE, cuda_graphs=cfg.MODEL.CUDA_GRAPHS)
     logger.info("built %s: %.2fM parameters", cfg.MODEL.META_ARCHITECTURE,
@@ -62,18 +61,3 @@ def pretrained_state_keys(model: nn.Module) -> Set[str]:
     MODEL.BACKBONE.PRETRAINED (its ``body_loaded_keys``)."""
     backbone = getattr(model, "backbone", None)
     return {f"backbone.body.{k}" for k in getattr(backbone, "body_loaded_keys", ())}
-
-
-def _refuse_training(model: nn.Module) -> None:
-    """``model.train()`` raises: its BatchNorms were folded away (``eval()`` still works)."""
-    set_mode = model.train
-
-    def train(mode: bool = True) -> nn.Module:
-        if mode:
-            raise RuntimeError(
-                "this model was built with inference_only=True (BatchNorm folded into the "
-                "convolutions, TEST.FOLD_BN): build a new one with build_model(cfg) to train"
-            )
-        return set_mode(False)
-
-    model.train = train

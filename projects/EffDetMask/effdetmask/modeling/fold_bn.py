@@ -10,19 +10,22 @@ type below (timm's EfficientNet blocks, effdet's BiFPN convs, torchvision's ResN
 whose input is not a single convolution (effdet's per-level BNs after the shared head convs) stays.
 timm's ``BatchNormAct2d`` keeps its activation: it is replaced by its ``drop`` and ``act``.
 
-A folded model cannot be trained again (its BatchNorms are gone): build a fresh one for that.
+A folded model cannot be trained again (its BatchNorms are gone): each folded BatchNorm leaves a
+:class:`FoldedBatchNorm` in its place, whose forward refuses training mode; build a fresh model to
+train.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .frozen_bn import FROZEN_BN_TYPES
 
-__all__ = ["fold_batch_norm", "FOLD_PAIRS"]
+__all__ = ["fold_batch_norm", "FoldedBatchNorm", "FOLD_PAIRS"]
 
 # module class name -> (conv, BatchNorm) submodule names (dotted: inside a child), in forward order
 FOLD_PAIRS = {
@@ -47,12 +50,30 @@ def _is_batch_norm(module) -> bool:
     return isinstance(module, (nn.modules.batchnorm._BatchNorm,) + FROZEN_BN_TYPES)
 
 
-def _what_remains(bn: nn.Module) -> nn.Module:
-    """What the BatchNorm did besides normalising (timm BatchNormAct2d: drop, activation)."""
-    act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)
-    if act is None and drop is None:
-        return nn.Identity()
-    return nn.Sequential(drop or nn.Identity(), act or nn.Identity())
+class FoldedBatchNorm(nn.Module):
+    """What stays of a BatchNorm folded into the convolution before it: its dropout and activation
+    (timm's ``BatchNormAct2d``; none for a plain BatchNorm).
+
+    Training mode is refused in ``forward``: the normalisation lives on in the convolution's
+    weights with the statistics of the time of folding, so a training step would silently train a
+    different model. ``train()`` itself behaves as for any module.
+    """
+
+    def __init__(self, drop: Optional[nn.Module] = None, act: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError(
+                "this model's BatchNorms were folded into its convolutions (build_model(cfg, "
+                "inference_only=True) with TEST.FOLD_BN): it cannot train; build a new one with "
+                "build_model(cfg) to train"
+            )
+        if self.drop is not None:
+            x = self.drop(x)
+        return x if self.act is None else self.act(x)
 
 
 def _owner(parent: nn.Module, name: str) -> Tuple[Optional[nn.Module], str]:
@@ -74,7 +95,8 @@ def _fold(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
     if not _is_batch_norm(bn) or bn.running_mean is None:
         return False
     setattr(conv_owner, conv_leaf, fuse_conv_bn_eval(conv, bn))
-    setattr(bn_owner, bn_leaf, _what_remains(bn))
+    rest = FoldedBatchNorm(getattr(bn, "drop", None), getattr(bn, "act", None))
+    setattr(bn_owner, bn_leaf, rest.train(bn.training))
     return True
 
 

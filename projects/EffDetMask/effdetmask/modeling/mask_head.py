@@ -165,7 +165,7 @@ def jitter_boxes(boxes_xyxy: torch.Tensor, copies: int, std: float) -> torch.Ten
 
 
 def select_training_rois(
-    detections: List[Dict[str, torch.Tensor]],
+    detections: Dict[str, torch.Tensor],
     targets: List[Dict[str, torch.Tensor]],
     *,
     score_thresh: float = 0.3,
@@ -183,15 +183,18 @@ def select_training_rois(
     are) and is matched to that box; at most ``batch_size_per_image`` positives are sampled at
     random per image.
 
+    Args:
+        detections: the proposal generator's padded batch (``boxes`` ``[B, N, 4]``, ``scores``
+            ``[B, N]``, ``valid`` ``bool [B, N]``); ``targets`` one dict per image.
     Returns:
         per image ``rois_xyxy`` float ``[M_i, 4]`` (input pixels, detached) and ``matched`` int64
         ``[M_i]`` (index of the matched GT instance).
     """
     rois, matched = [], []
-    for det, tgt in zip(detections, targets):
-        gt = tgt["boxes"].to(det["boxes"].dtype)
-        cand = torch.cat([det["boxes"][det["scores"] > score_thresh].detach(), gt,
-                          jitter_boxes(gt, jitter_copies, jitter_std)])
+    passing = detections["valid"] & (detections["scores"] > score_thresh)
+    for boxes, ok, tgt in zip(detections["boxes"], passing, targets):
+        gt = tgt["boxes"].to(boxes.dtype)
+        cand = torch.cat([boxes[ok].detach(), gt, jitter_boxes(gt, jitter_copies, jitter_std)])
         if gt.numel() == 0:
             rois.append(cand.new_zeros(0, 4))
             matched.append(torch.zeros(0, dtype=torch.long, device=cand.device))

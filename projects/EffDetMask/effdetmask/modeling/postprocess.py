@@ -6,75 +6,90 @@ report instances identically (``docs/interfaces.md``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..structures.boxes import input_to_original, input_to_original_batched
+from ..structures.boxes import input_to_original
 from ..structures.masks import coco_rle_encode_crop
+from .attribute_head import attribute_ids_from_scores
 from .paste import iter_pasted_crops, paste_masks_in_images
 
-__all__ = ["select_detections", "select_padded", "image_meta", "finalize_instances",
-           "detector_postprocess"]
+__all__ = ["select_detections", "instances_from_detections", "finalize_instances"]
 
 
-def select_detections(
-    boxes_xyxy: torch.Tensor,
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    *,
-    scale: float,
-    height: int,
-    width: int,
-    score_thresh: float,
-    max_detections: int,
-) -> torch.Tensor:
-    """Indices of the detections to report: score ``>= score_thresh``, a non-empty box inside the
-    original image (the rest lies on the letterbox padding), at most ``max_detections``, by score.
-
-    Args:
-        boxes_xyxy: ``float [N, 4]`` input pixels; scores ``[N]``; classes ``[N]``.
-    Returns:
-        ``int64 [K]`` indices, ``K <= max_detections``, sorted by decreasing score.
-    """
-    orig = input_to_original(boxes_xyxy, scale, height, width)
-    ok = (scores >= score_thresh) & (orig[:, 2] > orig[:, 0]) & (orig[:, 3] > orig[:, 1])
-    idx = torch.nonzero(ok).reshape(-1)
-    order = scores[idx].argsort(descending=True)[:max_detections]
-    return idx[order]
-
-
-def select_padded(
-    detections: Dict[str, torch.Tensor],
-    scales: torch.Tensor,
-    heights: torch.Tensor,
-    widths: torch.Tensor,
-    *,
-    score_thresh: float,
-    max_detections: int,
-) -> torch.Tensor:
-    """:func:`select_detections` for a padded batch at once (no per-image loop, no host sync).
-
-    Args:
-        detections: :func:`~effdetmask.modeling.proposal_generator.padded_detections` output
-            (``boxes [B, N, 4]`` input pixels, ``scores [B, N]`` sorted, ``valid [B, N]``).
-        scales / heights / widths: ``float [B]`` per image.
-    Returns:
-        ``bool [B, N]``: the rows to report, at most ``max_detections`` per image.
-    """
-    orig = input_to_original_batched(detections["boxes"], scales, heights, widths)
-    ok = detections["valid"] & (detections["scores"] >= score_thresh)
-    ok = ok & (orig[..., 2] > orig[..., 0]) & (orig[..., 3] > orig[..., 1])
-    # rows are sorted by score, so the first max_detections kept rows are the best
-    return ok & (ok.cumsum(1) <= max_detections)
-
-
-def image_meta(batched_inputs: Sequence[Dict[str, Any]], device: torch.device
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _image_meta(batched_inputs: Sequence[Dict[str, Any]], device: torch.device
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``float [B]`` tensors of the inputs' ``scale``, ``height`` and ``width`` on ``device``."""
     meta = torch.tensor([[float(x["scale"]), float(x["height"]), float(x["width"])]
                          for x in batched_inputs])
     return tuple(meta.to(device).unbind(1))
+
+
+def select_detections(
+    detections: Dict[str, torch.Tensor],
+    batched_inputs: Sequence[Dict[str, Any]],
+    *,
+    score_thresh: float,
+    max_detections: int,
+) -> Dict[str, torch.Tensor]:
+    """The detections to report, for a padded batch at once (no per-image loop, no host sync).
+
+    A row is kept when it is valid, scores ``>= score_thresh`` and its box is non-empty inside the
+    original image (the rest lies on the letterbox padding); at most ``max_detections`` per image,
+    the best ones (rows are sorted by score within each image).
+
+    Args:
+        detections: padded detections, every value ``[B, N, ...]``: ``boxes`` ``float [B, N, 4]``
+            xyxy input pixels, ``scores`` ``[B, N]`` sorted decreasing per image, ``classes``,
+            ``valid`` ``bool [B, N]``, and any other per-row entry (e.g. the ONNX graph's
+            ``masks``). :meth:`EfficientDetProposalGenerator.detect
+            <effdetmask.modeling.proposal_generator.EfficientDetProposalGenerator.detect>` makes
+            them for PyTorch and the ONNX graph alike.
+        batched_inputs: the mapper outputs of the batch (``scale``, ``height``, ``width``).
+    Returns:
+        the kept rows, image by image: every entry flattened to ``[K, ...]``, plus
+        ``image_index`` ``int64 [K]``.
+    """
+    scales, heights, widths = _image_meta(batched_inputs, detections["boxes"].device)
+    orig = input_to_original(detections["boxes"], scales, heights, widths)
+    ok = detections["valid"] & (detections["scores"] >= score_thresh)
+    ok = ok & (orig[..., 2] > orig[..., 0]) & (orig[..., 3] > orig[..., 1])
+    # rows are sorted by score, so the first max_detections kept rows are the best
+    keep = ok & (ok.cumsum(1) <= max_detections)
+    kept = {k: v[keep] for k, v in detections.items() if k != "valid"}
+    kept["image_index"] = keep.nonzero()[:, 0]
+    return kept
+
+
+def instances_from_detections(
+    kept: Dict[str, torch.Tensor],
+    mask_probs: torch.Tensor,
+    batched_inputs: Sequence[Dict[str, Any]],
+    *,
+    mask_threshold: float = 0.5,
+    return_rle: bool = False,
+    attribute_score_thresh: float = 0.5,
+) -> List[Dict[str, Any]]:
+    """:func:`select_detections`' rows and their masks -> per image ``{"instances": ...}`` in
+    original-image pixels (:func:`finalize_instances`); the eval output of every model.
+
+    Args:
+        kept: :func:`select_detections` output (``boxes``, ``scores``, ``classes``,
+            ``image_index``, and ``attribute_scores`` ``float [K, 294]`` from an attribute head).
+        mask_probs: ``float [K, R, R]`` probabilities of each row's class.
+        attribute_score_thresh: an instance's ``attribute_ids`` score at least this.
+    """
+    counts = torch.bincount(kept["image_index"], minlength=len(batched_inputs)).tolist()
+    instances = finalize_instances(
+        kept["boxes"], kept["scores"], kept["classes"], mask_probs, counts=counts,
+        scales=[float(x["scale"]) for x in batched_inputs],
+        heights=[int(x["height"]) for x in batched_inputs],
+        widths=[int(x["width"]) for x in batched_inputs], mask_threshold=mask_threshold,
+        return_rle=return_rle, attribute_scores=kept.get("attribute_scores"),
+        attribute_score_thresh=attribute_score_thresh,
+    )
+    return [{"instances": inst} for inst in instances]
 
 
 def finalize_instances(
@@ -89,6 +104,8 @@ def finalize_instances(
     widths: Sequence[int],
     mask_threshold: float = 0.5,
     return_rle: bool = False,
+    attribute_scores: Optional[torch.Tensor] = None,
+    attribute_score_thresh: float = 0.5,
 ) -> List[Dict[str, Any]]:
     """Instances of a batch in original-image pixels; image ``i`` owns ``counts[i]`` rows.
 
@@ -99,10 +116,15 @@ def finalize_instances(
         scores: ``float [K]``; classes: ``int64 [K]`` 0..45.
         mask_probs: ``float [K, R, R]`` probabilities of each box's class.
         scales: input pixels per original pixel; heights/widths: original sizes (per image).
+        attribute_scores: ``float [K, 294]`` (dense attribute order) or ``None`` (no attribute
+            head: no attribute entries in the instances).
     Returns:
         per image ``{"boxes": float32 [N, 4] xyxy original pixels, "scores": float32 [N],
         "classes": int64 [N], "masks": bool [N, height, width]}`` or ``"masks_rle"`` (list of
-        COCO RLE dicts with ``str`` counts) instead of ``"masks"``. ``N`` may be 0 or 1.
+        COCO RLE dicts with ``str`` counts) instead of ``"masks"``. ``N`` may be 0 or 1. With
+        ``attribute_scores`` also ``"attribute_scores": float32 [N, 294]`` and
+        ``"attribute_ids"``: per instance the sorted sparse Fashionpedia ids (``List[int]``)
+        scoring ``>= attribute_score_thresh``.
     """
     counts = [int(c) for c in counts]
     boxes_xyxy = boxes_xyxy.reshape(-1, 4).float()
@@ -123,13 +145,18 @@ def finalize_instances(
         ]
     else:
         masks = paste_masks_in_images(mask_probs, paste_boxes, counts, sizes, mask_threshold)
-    boxes_orig = input_to_original_batched(boxes_xyxy[:, None], *meta.unbind(1))[:, 0]
+    boxes_orig = input_to_original(boxes_xyxy[:, None], *meta.unbind(1))[:, 0]
     out = []
     for b, s, c, m in zip(boxes_orig.split(counts), scores.reshape(-1).float().split(counts),
                           classes.reshape(-1).long().split(counts), masks):
         inst: Dict[str, Any] = {"boxes": b, "scores": s, "classes": c}
         inst["masks_rle" if return_rle else "masks"] = m
         out.append(inst)
+    if attribute_scores is not None:
+        attribute_scores = attribute_scores.reshape(-1, attribute_scores.shape[-1]).float()
+        for inst, a in zip(out, attribute_scores.split(counts)):
+            inst["attribute_scores"] = a
+            inst["attribute_ids"] = attribute_ids_from_scores(a, attribute_score_thresh)
     return out
 
 
@@ -138,23 +165,3 @@ def _encode_rle(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, widt
     """One image's masks as COCO RLEs, equal to encoding :func:`paste_masks_in_image`'s output."""
     return [coco_rle_encode_crop(crop.cpu().numpy(), top, left, height, width)
             for top, left, crop in iter_pasted_crops(mask_probs, boxes, height, width, threshold)]
-
-
-def detector_postprocess(
-    boxes_xyxy: torch.Tensor,
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    mask_probs: torch.Tensor,
-    *,
-    scale: float,
-    height: int,
-    width: int,
-    mask_threshold: float = 0.5,
-    return_rle: bool = False,
-) -> Dict[str, Any]:
-    """One image's instances: :func:`finalize_instances` for a batch of one."""
-    return finalize_instances(
-        boxes_xyxy, scores, classes, mask_probs, counts=[boxes_xyxy.reshape(-1, 4).shape[0]],
-        scales=[scale], heights=[height], widths=[width], mask_threshold=mask_threshold,
-        return_rle=return_rle,
-    )[0]

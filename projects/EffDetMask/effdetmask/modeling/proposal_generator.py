@@ -16,7 +16,7 @@ from ..structures.boxes import classes_to_effdet, xyxy_to_yxyx
 from .effdet_utils import ShapeSpec, init_effdet_weights, make_effdet_config, set_prior_bias
 from .registry import PROPOSAL_GENERATOR_REGISTRY
 
-__all__ = ["EfficientDetProposalGenerator", "batched_detections", "padded_detections"]
+__all__ = ["EfficientDetProposalGenerator", "chunked_topk"]
 
 Detections = Dict[str, torch.Tensor]
 
@@ -53,65 +53,6 @@ def chunked_topk(values: torch.Tensor, k: int,
     return best, idx.gather(1, pick)
 
 
-def padded_detections(
-    cls_outputs: Sequence[torch.Tensor],
-    box_outputs: Sequence[torch.Tensor],
-    anchors_yxyx: torch.Tensor,
-    *,
-    num_classes: int,
-    image_size: int,
-    pre_nms_topk: int = 5000,
-    nms_thresh: float = 0.5,
-    max_detections: int = 100,
-) -> Detections:
-    """effdet's post-process for a whole batch in fixed-size tensors (no host sync, traceable).
-
-    top-k (anchor, class) logits per image -> decode -> clip to the input -> per-class NMS ->
-    the ``max_detections`` best per image. One ``batched_nms`` call covers the batch: its group id
-    is ``image * num_classes + class``, so boxes of different images never suppress each other.
-    Survivors are scattered back into a ``[B, k]`` score table (``-1`` = suppressed) and a per-image
-    ``topk`` picks the best, so the shapes never depend on the data (ONNX, CUDA graphs).
-
-    Args:
-        cls_outputs / box_outputs: per level ``[B, A*num_classes, H, W]`` / ``[B, A*4, H, W]``.
-        anchors_yxyx: ``float [sum(H*W*A), 4]`` effdet anchors (yxyx, input pixels).
-    Returns:
-        ``{"boxes": float32 [B, N, 4] xyxy input pixels, "scores": float32 [B, N] (-1 on padding
-        rows), "classes": int64 [B, N] 0..num_classes-1, "valid": bool [B, N]}`` by decreasing
-        score, ``N = min(max_detections, k)``.
-    """
-    cls_all = _flatten_levels([c.detach() for c in cls_outputs], num_classes).float()
-    box_all = _flatten_levels([b.detach() for b in box_outputs], 4).float()
-    batch, num_anchors, _ = cls_all.shape
-    k = min(pre_nms_topk, num_anchors * num_classes)
-    logits, flat_idx = chunked_topk(cls_all.reshape(batch, -1), k)
-    anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
-    classes = (flat_idx % num_classes).reshape(-1)
-    codes = torch.gather(box_all, 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4)).reshape(-1, 4)
-    codes = torch.cat([codes[:, :2], codes[:, 2:].clamp(max=_MAX_LOG_SIZE)], dim=1)
-    boxes = decode_box_outputs(codes, anchors_yxyx[anchor_idx.reshape(-1)], output_xyxy=True)
-    boxes = boxes.clamp(min=0, max=float(image_size))
-    scores = logits.sigmoid().reshape(-1)
-    image_ids = torch.arange(batch, device=boxes.device)[:, None].expand(batch, k).reshape(-1)
-    keep = batched_nms(boxes, scores, image_ids * num_classes + classes, nms_thresh)
-    table = torch.full_like(scores, -1.0).index_put((keep,), scores[keep]).reshape(batch, k)
-    top, idx = table.topk(min(max_detections, k), dim=1)
-    flat = (idx + torch.arange(batch, device=idx.device)[:, None] * k).reshape(-1)
-    n = idx.shape[1]
-    return {"boxes": boxes[flat].reshape(batch, n, 4), "scores": top,
-            "classes": classes[flat].reshape(batch, n), "valid": top >= 0}
-
-
-def batched_detections(*args, **kwargs) -> List[Detections]:
-    """:func:`padded_detections` (same arguments) as a per-image list without the padding rows:
-    ``{"boxes": float32 [N_i, 4], "scores": [N_i], "classes": int64 [N_i]}``, ``N_i <= N``."""
-    det = padded_detections(*args, **kwargs)
-    counts = det["valid"].sum(1).tolist()
-    # valid rows come first in every image (scores sorted, padding is -1)
-    return [{k: det[k][i, :n] for k in ("boxes", "scores", "classes")}
-            for i, n in enumerate(counts)]
-
-
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class EfficientDetProposalGenerator(nn.Module):
     """effdet's class and box ``HeadNet`` on the BiFPN levels, with anchors, loss and post-process.
@@ -121,8 +62,8 @@ class EfficientDetProposalGenerator(nn.Module):
     * ``features``: ``{"p3": [B, C, S/8, S/8], ...}`` for ``min_level..max_level``.
     * ``targets`` (training): per image ``{"boxes": float [N, 4] xyxy input pixels,
       "classes": int64 [N] 0..45}``; ``N`` may be 0.
-    * ``detections``: see :func:`batched_detections` (always computed, from detached outputs, since
-      the mask head's training RoIs come from them).
+    * ``detections``: :meth:`detect`'s padded batch (always computed, from detached outputs,
+      since the mask head's training RoIs come from them).
     * ``losses``: ``{"loss_cls": focal loss, "loss_box": box_loss_weight * Huber loss}`` when
       targets are given, else ``{}``.
     """
@@ -201,12 +142,9 @@ class EfficientDetProposalGenerator(nn.Module):
         self,
         features: Dict[str, torch.Tensor],
         targets: Optional[List[Dict[str, torch.Tensor]]] = None,
-    ) -> Tuple[List[Detections], Dict[str, torch.Tensor]]:
+    ) -> Tuple[Detections, Dict[str, torch.Tensor]]:
         cls_outputs, box_outputs = self.head_outputs(features)
-        detections = batched_detections(
-            cls_outputs, box_outputs, self.anchors_yxyx, num_classes=self.num_classes,
-            image_size=self.image_size, **self.post_kwargs,
-        )
+        detections = self.detect(cls_outputs, box_outputs)
         losses = {} if targets is None else self.losses(cls_outputs, box_outputs, targets)
         return detections, losses
 
@@ -217,13 +155,49 @@ class EfficientDetProposalGenerator(nn.Module):
         feats = [features[n] for n in self.in_features]
         return self.class_net(feats), self.box_net(feats)
 
-    def detect(self, cls_outputs: List[torch.Tensor], box_outputs: List[torch.Tensor]
+    @torch.no_grad()
+    def detect(self, cls_outputs: Sequence[torch.Tensor], box_outputs: Sequence[torch.Tensor]
                ) -> Detections:
-        """Fixed-size detections of the batch: see :func:`padded_detections`."""
-        return padded_detections(
-            cls_outputs, box_outputs, self.anchors_yxyx, num_classes=self.num_classes,
-            image_size=self.image_size, **self.post_kwargs,
-        )
+        """effdet's post-process for a whole batch in fixed-size tensors (no host sync, traceable):
+        the one detection path of training RoIs, evaluation and the ONNX graph.
+
+        top-k (anchor, class) logits per image -> decode -> clip to the input -> per-class NMS ->
+        the ``max_detections`` best per image. One ``batched_nms`` call covers the batch: its group
+        id is ``image * num_classes + class``, so boxes of different images never suppress each
+        other. Survivors are scattered back into a ``[B, k]`` score table (``-1`` = suppressed) and
+        a per-image ``topk`` picks the best, so the shapes never depend on the data (ONNX, CUDA
+        graphs).
+
+        Args:
+            cls_outputs / box_outputs: :meth:`head_outputs`, per level ``[B, A*num_classes, H, W]``
+                / ``[B, A*4, H, W]``.
+        Returns:
+            ``{"boxes": float32 [B, N, 4] xyxy input pixels, "scores": float32 [B, N] (-1 on
+            padding rows), "classes": int64 [B, N] 0..num_classes-1, "valid": bool [B, N]}`` by
+            decreasing score, ``N = min(max_detections, k)``; valid rows come first.
+        """
+        num_classes, post = self.num_classes, self.post_kwargs
+        cls_all = _flatten_levels(cls_outputs, num_classes).float()
+        box_all = _flatten_levels(box_outputs, 4).float()
+        batch, num_anchors, _ = cls_all.shape
+        k = min(post["pre_nms_topk"], num_anchors * num_classes)
+        logits, flat_idx = chunked_topk(cls_all.reshape(batch, -1), k)
+        anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
+        classes = (flat_idx % num_classes).reshape(-1)
+        codes = torch.gather(box_all, 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4)).reshape(-1, 4)
+        codes = torch.cat([codes[:, :2], codes[:, 2:].clamp(max=_MAX_LOG_SIZE)], dim=1)
+        boxes = decode_box_outputs(codes, self.anchors_yxyx[anchor_idx.reshape(-1)],
+                                   output_xyxy=True)
+        boxes = boxes.clamp(min=0, max=float(self.image_size))
+        scores = logits.sigmoid().reshape(-1)
+        image_ids = torch.arange(batch, device=boxes.device)[:, None].expand(batch, k).reshape(-1)
+        keep = batched_nms(boxes, scores, image_ids * num_classes + classes, post["nms_thresh"])
+        table = torch.full_like(scores, -1.0).index_put((keep,), scores[keep]).reshape(batch, k)
+        top, idx = table.topk(min(post["max_detections"], k), dim=1)
+        flat = (idx + torch.arange(batch, device=idx.device)[:, None] * k).reshape(-1)
+        n = idx.shape[1]
+        return {"boxes": boxes[flat].reshape(batch, n, 4), "scores": top,
+                "classes": classes[flat].reshape(batch, n), "valid": top >= 0}
 
     def losses(
         self,

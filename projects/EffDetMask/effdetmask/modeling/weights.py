@@ -13,8 +13,9 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, List, Mapping, Set
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set
 
+import safetensors
 import safetensors.torch
 import torch
 import torch.nn as nn
@@ -28,6 +29,8 @@ __all__ = [
     "read_state_dict",
     "load_torch_file",
     "save_state_dict",
+    "read_weights_metadata",
+    "upgrade_legacy_keys",
     "CheckpointError",
     "UnsafeCheckpointError",
     "SAFETENSORS_SUFFIX",
@@ -42,6 +45,8 @@ _EFFDET_PREFIXES = {
     "box_net.": "proposal_generator.box_net.",
 }
 _IGNORED_SUFFIX = "num_batches_tracked"
+# state-dict prefixes of checkpoints saved before a part moved -> where the part is now
+_LEGACY_PREFIXES = {"mask_head.": "roi_heads.mask_head."}  # the RoI-heads module took the head
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
@@ -104,21 +109,30 @@ def load_torch_file(path: str, *, mmap: bool = False) -> Any:
                               f"({type(e).__name__}: {_first_line(e)})") from e
 
 
-def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+def _read_safetensors(path: str, read: Callable[[str], Any]) -> Any:
+    """``read(path)`` of a ``.safetensors`` file, with errors that name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path} is empty (0 bytes), not a safetensors file: a save that "
                               "was interrupted leaves such a file")
     try:
-        return safetensors.torch.load_file(path, device="cpu")
+        return read(path)
     except Exception as e:  # noqa: BLE001  (SafetensorError, OSError, ...)
         raise CheckpointError(f"{path} is truncated, corrupt or not a safetensors file "
                               f"({type(e).__name__}: {_first_line(e)})") from e
 
 
-def save_state_dict(state: Mapping[str, torch.Tensor], path: str) -> None:
-    """Write a state dict as ``.safetensors`` (tensors only; nothing to unpickle when read)."""
+def _header_metadata(path: str) -> Dict[str, str]:
+    with safetensors.safe_open(path, framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str,
+                    metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write a state dict as ``.safetensors`` (tensors only; nothing to unpickle when read), with
+    ``metadata`` (str -> str, e.g. the class names the model predicts) in the file's header;
+    :func:`read_weights_metadata` reads it back."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     # safetensors refuses tensors that share storage (tied weights): each gets its own copy
     storages = set()
@@ -127,7 +141,16 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str) -> None:
         if value.numel() and storage in storages:
             tensors[key] = value.clone()
         storages.add(storage)
-    safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
+    safetensors.torch.save_file(tensors, path, metadata={**(metadata or {}), "format": "pt"})
+
+
+def read_weights_metadata(path: str) -> Dict[str, str]:
+    """The str -> str metadata :func:`save_state_dict` recorded in a ``.safetensors`` file's
+    header (the tensors are not read); ``{}`` for other files and files without any."""
+    if not path.endswith(SAFETENSORS_SUFFIX):
+        return {}
+    meta = _read_safetensors(path, _header_metadata)
+    return {k: v for k, v in meta.items() if k != "format"}
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -139,7 +162,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     objects is refused (:class:`UnsafeCheckpointError`), never unpickled.
     """
     if path.endswith(SAFETENSORS_SUFFIX):
-        return _load_safetensors(path)
+        return _read_safetensors(path, lambda p: safetensors.torch.load_file(p, device="cpu"))
     obj = load_torch_file(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict or checkpoint, got {type(obj).__name__}")
@@ -152,10 +175,29 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def upgrade_legacy_keys(state: Mapping[str, Any], own_keys: Set[str],
+                        prefix: str = "") -> Dict[str, Any]:
+    """``state`` with keys of a checkpoint saved before a part moved renamed to where the part is
+    now (``prefix`` + an old prefix of ``_LEGACY_PREFIXES``), when ``own_keys`` (the model's) has
+    the new name and not the old one; other keys unchanged."""
+    out = {}
+    for k, v in state.items():
+        for old, new in _LEGACY_PREFIXES.items():
+            old, new = prefix + old, prefix + new
+            if k.startswith(old) and k not in own_keys:
+                moved = new + k[len(old):]
+                if moved in own_keys:
+                    k = moved
+                    break
+        out[k] = v
+    return out
+
+
 def _check_and_load(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
                     expected: List[str], allow_unexpected: bool = False) -> List[str]:
     """Load ``state`` into ``model`` after checking keys and shapes; returns the keys assigned."""
     own = model.state_dict()
+    state = upgrade_legacy_keys(state, set(own))
     missing = [k for k in expected if k not in state and not k.endswith(_IGNORED_SUFFIX)]
     unexpected = [k for k in state if k not in own and not k.endswith(_IGNORED_SUFFIX)]
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -244,15 +286,22 @@ def load_effdet_checkpoint(model: nn.Module, path: str, prior_prob: float = 0.01
 
 
 def load_weights(model: nn.Module, cfg) -> Set[str]:
-    """Apply MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT (EffDetMask only), then MODEL.WEIGHTS.
+    """Apply MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT, then MODEL.WEIGHTS.
 
+    The effdet checkpoint goes through the model's own ``load_effdet_checkpoint(path,
+    prior_prob)`` (:class:`~effdetmask.modeling.meta_arch.EffDetMask` has one); a model without that
+    method (the Mask R-CNN baseline) has no effdet parts and ignores the key with a warning.
     Returns the state-dict keys the files assigned (what :func:`freeze_loaded_batch_norms` may
     freeze)."""
     loaded: Set[str] = set()
     effdet_ckpt = cfg.MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT
-    if effdet_ckpt and cfg.MODEL.META_ARCHITECTURE == "EffDetMask":
-        loaded.update(load_effdet_checkpoint(model, effdet_ckpt,
-                                             prior_prob=cfg.MODEL.EFFDET_HEAD.PRIOR_PROB))
+    if effdet_ckpt:
+        load_effdet = getattr(model, "load_effdet_checkpoint", None)
+        if load_effdet is None:
+            logger.warning("%s has no effdet parts: MODEL.EFFDET_HEAD.EFFDET_CHECKPOINT %s is "
+                           "ignored", type(model).__name__, effdet_ckpt)
+        else:
+            loaded.update(load_effdet(effdet_ckpt, prior_prob=cfg.MODEL.EFFDET_HEAD.PRIOR_PROB))
     if cfg.MODEL.WEIGHTS:
         loaded.update(load_checkpoint(model, cfg.MODEL.WEIGHTS))
     return loaded

@@ -97,24 +97,10 @@ def pad_effdet_targets(
 
 
 def input_to_original(
-    boxes_xyxy: torch.Tensor, scale: float, height: int, width: int
-) -> torch.Tensor:
-    """Boxes in letterboxed model-input pixels -> original image pixels, clipped to the image."""
-    return clip_xyxy(boxes_xyxy / scale, height, width)
-
-
-def clip_xyxy(boxes_xyxy: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Clip xyxy boxes to ``[0, width] x [0, height]`` (returns a new tensor)."""
-    out = boxes_xyxy.clone()
-    out[..., 0::2] = out[..., 0::2].clamp(0, width)
-    out[..., 1::2] = out[..., 1::2].clamp(0, height)
-    return out
-
-
-def input_to_original_batched(
     boxes_xyxy: torch.Tensor, scales: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor
 ) -> torch.Tensor:
-    """:func:`input_to_original` for a padded batch, without host syncs (traceable).
+    """Boxes in letterboxed model-input pixels -> original image pixels, clipped to the image; a
+    padded batch at once, without host syncs (traceable).
 
     Args:
         boxes_xyxy: ``float [B, N, 4]`` letterboxed input pixels.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Union
 
+import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
@@ -36,6 +37,7 @@ __all__ = [
     "validate_segmentation",
     "segmentation_to_rle",
     "segmentation_to_mask",
+    "rasterize_segmentation",
     "rle_to_box_xywh",
     "mask_to_box_xyxy",
     "masks_to_boxes_xyxy",
@@ -154,11 +156,16 @@ def _compress(rle: RLE) -> RLE:
     return _to_str_counts(rle)
 
 
+def _decode(rle: RLE) -> np.ndarray:
+    """COCO RLE (compressed or not) -> ``np.uint8 [H, W]`` without validating it."""
+    c = _compress(rle)
+    return mask_util.decode({"size": c["size"], "counts": c["counts"].encode("ascii")})
+
+
 def coco_rle_decode(rle: RLE, height: int | None = None, width: int | None = None) -> np.ndarray:
     """COCO RLE (compressed or not) -> ``np.uint8 [H, W]``; validated first (see above)."""
     validate_coco_rle(rle, height, width)
-    c = _compress(rle)
-    return mask_util.decode({"size": c["size"], "counts": c["counts"].encode("ascii")})
+    return _decode(rle)
 
 
 def coco_rle_encode(mask: np.ndarray) -> RLE:
@@ -296,6 +303,28 @@ def segmentation_to_mask(segm: Union[Polygons, RLE], height: int, width: int) ->
     return coco_rle_decode(segmentation_to_rle(segm, height, width))
 
 
+def rasterize_segmentation(segm: Union[Polygons, RLE], height: int, width: int, out_h: int,
+                           out_w: int) -> np.ndarray:
+    """Polygons or COCO RLE of a ``height x width`` image -> ``np.uint8 [out_h, out_w]`` 0/1 mask
+    at another resolution (the mapper's and the HDF5 cache's letterbox, a drawing's size).
+
+    Polygons are rasterised directly at the output scale (cheap and exact at any size) and checked
+    as :func:`validate_segmentation` does; RLE is decoded at its own size without validating it
+    again (the loaders did) and resized by centre-aligned nearest neighbour.
+    """
+    if isinstance(segm, dict):
+        mask = _decode(segm)
+        if mask.shape != (out_h, out_w):
+            # centre-aligned nearest: INTER_NEAREST samples pixel corners, shifting the mask by
+            # about half an input pixel against the (centre-aligned) INTER_AREA image
+            mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
+        return mask
+    sx, sy = out_w / width, out_h / height
+    scaled = [(np.asarray(p).reshape(-1, 2) * (sx, sy)).reshape(-1).tolist()
+              for p in _check_polygons(segm)]
+    return mask_util.decode(mask_util.merge(mask_util.frPyObjects(scaled, out_h, out_w)))
+
+
 def rle_to_box_xywh(rle: RLE) -> List[float]:
     """Tight ``[x, y, w, h]`` (pixel edges) of a COCO RLE without decoding; zeros if empty."""
     c = _compress(rle)
@@ -317,11 +346,14 @@ def masks_to_boxes_xyxy(masks: Union[np.ndarray, Sequence[np.ndarray]]) -> np.nd
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise MaskFormatError(f"masks must be [N, H, W], got shape {masks.shape}")
-    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
-    rows_any = masks.any(axis=2)  # [N, H]
-    cols_any = masks.any(axis=1)  # [N, W]
-    for i in range(masks.shape[0]):
-        ys, xs = np.flatnonzero(rows_any[i]), np.flatnonzero(cols_any[i])
-        if ys.size:
-            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    n, h, w = masks.shape
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    if n == 0:
+        return boxes
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # [N, H], [N, W]
+    boxes[:, 0] = cols.argmax(axis=1)
+    boxes[:, 1] = rows.argmax(axis=1)
+    boxes[:, 2] = w - cols[:, ::-1].argmax(axis=1)
+    boxes[:, 3] = h - rows[:, ::-1].argmax(axis=1)
+    boxes[~rows.any(axis=1)] = 0
     return boxes
