@@ -65,7 +65,11 @@ def test_generated_image(tmp_path):
     results = json.loads(Path(out["results_file"]).read_text())
     assert 0 < len(results) <= 4
     for r in results:
-        assert set(r) == {"image_id", "category_id", "score", "bbox", "segmentation"}
+        # effdet_d0.yaml carries the attribute head: sorted sparse Fashionpedia attribute ids
+        assert set(r) == {"image_id", "category_id", "score", "bbox", "segmentation",
+                          "attribute_ids"}
+        assert r["attribute_ids"] == sorted(set(r["attribute_ids"]))
+        assert all(isinstance(a, int) and 0 <= a <= 340 for a in r["attribute_ids"])
         assert isinstance(r["image_id"], int) and 0 <= r["category_id"] < 46
         assert isinstance(r["score"], float) and len(r["bbox"]) == 4
         assert r["segmentation"]["size"] == [150, 220]

@@ -38,7 +38,8 @@ def _assert_masks_inside_boxes(inst):
 def test_training_losses_and_gradients_reach_every_parameter(small_d0, inputs_factory):
     model = small_d0.train()
     losses = model(inputs_factory([3, 1]))
-    assert set(losses) == {"loss_cls", "loss_box", "loss_mask"}
+    # the shipped configs carry the attribute head (Base-EffDetMask.yaml)
+    assert set(losses) == {"loss_cls", "loss_box", "loss_mask", "loss_attribute"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     model.zero_grad()
     sum(losses.values()).backward()
@@ -164,7 +165,8 @@ def test_baseline_train_and_inference(cfg_factory, inputs_factory):
     torch.manual_seed(0)
     model = build_model(cfg_factory(BASELINE, "TEST.DETECTIONS_PER_IMAGE", "5"))
     losses = model.train()(inputs_factory([2, 0]))
-    assert {"loss_cls", "loss_box", "loss_mask", "loss_rpn_cls", "loss_rpn_box"} == set(losses)
+    assert {"loss_cls", "loss_box", "loss_mask", "loss_rpn_cls", "loss_rpn_box",
+            "loss_attribute"} == set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
     model.eval()
     model.net.roi_heads.score_thresh = model.score_thresh = 0.0

@@ -120,7 +120,7 @@ def test_model_attribute_loss_is_zero_without_countable_instances():
 
 @pytest.mark.parametrize("config", [D0, BASELINE], ids=["d0", "baseline"])
 def test_head_off_is_todays_model_and_on_adds_only_the_head(config):
-    off, on = build(config), build(config, *ATTR)
+    off, on = build(config, "MODEL.ROI_ATTRIBUTE_HEAD.ENABLED", "False"), build(config, *ATTR)
     assert not [k for k in off.state_dict() if "attribute" in k]
     assert getattr(off, "attribute_head", None) is None
     on_state = on.state_dict()

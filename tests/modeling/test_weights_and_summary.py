@@ -110,7 +110,8 @@ def test_model_summary(cfg_factory):
              if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     assert params == {"backbone": numel(body), "BiFPN": numel(ref.fpn),
                       "class head": numel(ref.class_net), "box head": numel(ref.box_net),
-                      "mask head": sum(c.weight.numel() + c.bias.numel() for c in convs)}
+                      "mask head": sum(c.weight.numel() + c.bias.numel() for c in convs),
+                      "attribute head": numel(model.roi_heads.attribute_head)}
     assert summary["total_params"] == sum(params.values())
     # the backbone's BatchNorms are frozen (loaded statistics): their affine weights don't train
     frozen = sum(m.weight.numel() + m.bias.numel() for m in body.modules()
