@@ -13,8 +13,12 @@ original image equals the input (scale 1) so no box lies on letterbox padding. T
 is checked and written to the JSON. ``--detections 0`` = realistic mode: ``TEST.SCORE_THRESH``
 from the config (0.05), whatever survives.
 
-    python benchmarks/bench_inference.py --models d0 baseline --batch-sizes 1 --threads 2 \\
-        --floor --onnx --output benchmarks/results/cpu_2threads.json
+Precisions: every (model, precision) of ``--precisions`` is timed in the same interleaved round,
+so fp32, bf16 autocast and onnxruntime fp32 / int8 compare directly; the baseline runs in
+``--baseline-precisions`` (default fp32) and every speed-up is against its first.
+
+    python benchmarks/bench_inference.py --models d0 d0_fast baseline --threads 2 --floor \\
+        --precisions fp32 bf16 onnx-fp32 onnx-int8 --output benchmarks/results/cpu_2threads.json
 """
 
 from __future__ import annotations
@@ -78,8 +82,24 @@ def model_opts(args: argparse.Namespace, name: str, device: str) -> List[str]:
     return opts + (list(args.opts) if name != "baseline" else list(args.baseline_opts))
 
 
-def build_runs(args, device: str, batch: List[dict], amp: str) -> Dict[str, Dict[str, Any]]:
-    """name -> {"fn", "model", ...}: the callables timed together for one setting."""
+# PyTorch precisions (autocast dtype) and onnxruntime ones (CPU only, EffDetMask models only)
+TORCH_PRECISIONS = {"fp32": "", "bf16": "bf16", "fp16": "fp16"}
+ONNX_PRECISIONS = ("onnx-fp32", "onnx-int8")
+
+
+def run_key(name: str, precision: str) -> str:
+    """Timing key of one (model, precision): ``d0`` for fp32, ``d0@bf16`` otherwise."""
+    return name if precision == "fp32" else f"{name}@{precision}"
+
+
+def build_runs(args, device: str, batch: List[dict]) -> Dict[str, Dict[str, Any]]:
+    """key -> {"fn", "name", "precision", ...}: every callable timed together for one setting.
+
+    One model per name serves all its PyTorch precisions (autocast per call); the onnxruntime
+    precisions export it (int8: calibrated on ``--calibration-images`` of
+    ``--calibration-dataset``; a random-init model is first given realistic activations by
+    :func:`effdetmask.export.quantize.condition_random_model`, so quantization sees trained-like
+    ranges). The baseline is timed in ``--baseline-precisions`` only."""
     runs: Dict[str, Dict[str, Any]] = {}
     dev = torch.device(device)
     gpu_batch = [{**x, "image": x["image"].to(dev)} for x in batch]
@@ -87,39 +107,67 @@ def build_runs(args, device: str, batch: List[dict], amp: str) -> Dict[str, Dict
         config = CONFIGS[name.removesuffix(ATTRIBUTES_SUFFIX)]
         cfg = setup_cfg(os.path.join(ROOT, config), model_opts(args, name, device))
         model = build_model(cfg, inference_only=True)
+        precisions = args.baseline_precisions if name == "baseline" else args.precisions
+        for precision in [p for p in precisions if p in TORCH_PRECISIONS]:
+            amp = TORCH_PRECISIONS[precision]
 
-        def fn(model=model) -> Any:
-            with inference_context(dev, amp):
-                return model(gpu_batch)
-
-        runs[name] = {"fn": fn, "model": model, "cfg": cfg}
-        if args.floor and name != "baseline" and not name.endswith(ATTRIBUTES_SUFFIX):
-            images = normalize_images(gpu_batch, model.pixel_mean, model.pixel_std)
-            if cfg.MODEL.CHANNELS_LAST:
-                images = images.contiguous(memory_format=torch.channels_last)
-
-            def floor(model=model, images=images) -> Any:
+            def fn(model=model, amp=amp) -> Any:
                 with inference_context(dev, amp):
-                    return model.backbone(images)
+                    return model(gpu_batch)
 
-            runs[f"{name}:floor"] = {"fn": floor, "model": model, "cfg": cfg}
-    if args.onnx and device == "cpu" and not amp:
-        for name in [n for n in run_names(args) if n != "baseline"]:
-            runs[f"{name}:onnxruntime"] = onnx_run(args, name, runs[name])
+            runs[run_key(name, precision)] = {"fn": fn, "name": name, "precision": precision,
+                                              "cfg": cfg}
+            if args.floor and name != "baseline" and not name.endswith(ATTRIBUTES_SUFFIX):
+                images = normalize_images(gpu_batch, model.pixel_mean, model.pixel_std)
+                if cfg.MODEL.CHANNELS_LAST:
+                    images = images.contiguous(memory_format=torch.channels_last)
+
+                def floor(model=model, images=images, amp=amp) -> Any:
+                    with inference_context(dev, amp):
+                        return model.backbone(images)
+
+                runs[run_key(f"{name}:floor", precision)] = {
+                    "fn": floor, "name": f"{name}:floor", "precision": precision, "cfg": cfg}
+        onnx = [p for p in precisions if p in ONNX_PRECISIONS] if name != "baseline" else []
+        if onnx and device == "cpu":
+            for precision, predict in onnx_runs(args, name, cfg, onnx).items():
+                runs[run_key(name, precision)] = {"fn": predict, "name": name,
+                                                  "precision": precision, "cfg": cfg}
     return runs
 
 
-def onnx_run(args, name: str, run: Dict[str, Any]) -> Dict[str, Any]:
+def onnx_runs(args, name: str, cfg, precisions: List[str]) -> Dict[str, Callable[[], Any]]:
+    """onnxruntime callables of ``name`` for ``precisions`` (``onnx-fp32`` / ``onnx-int8``)."""
     from effdetmask.export import OnnxPredictor, export_onnx
+    from effdetmask.export.quantize import (
+        calibration_images,
+        condition_random_model,
+        quantize_onnx_int8,
+    )
 
-    cfg = run["cfg"]
-    path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
-    export_onnx(run["model"], path, cfg.INPUT.SIZE)
-    pred = OnnxPredictor(path, score_thresh=cfg.TEST.SCORE_THRESH, threads=args.threads,
-                         detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-                         attribute_score_thresh=cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH)
+    folder = tempfile.mkdtemp(prefix="bench_onnx_")
+    calib_cfg = cfg.clone()  # a generated calibration split of just the images needed, at S
+    calib_cfg.merge_from_list(["DATASETS.SYNTH.NUM_TRAIN", str(args.calibration_images),
+                               "DATASETS.SYNTH.IMAGE_SIZE", str(args.size)])
+    calib = calibration_images(calib_cfg, args.calibration_dataset, args.calibration_images)
+    torch.manual_seed(0)
+    model = build_model(cfg, device="cpu")  # unfolded: conditioning resets BatchNorm statistics
+    if not cfg.MODEL.WEIGHTS:
+        condition_random_model(model, calib)
+    fp32 = export_onnx(model.eval(), os.path.join(folder, f"{name}.onnx"), cfg.INPUT.SIZE)
+    paths = {"onnx-fp32": fp32}
+    if "onnx-int8" in precisions:
+        paths["onnx-int8"] = quantize_onnx_int8(fp32, os.path.join(folder, f"{name}.int8.onnx"),
+                                                calib)
     batch = make_batch(args.current_bs, args.size, args.orig_size or args.size)
-    return {"fn": lambda: pred(batch), "model": None, "cfg": cfg}
+    out = {}
+    for precision in precisions:
+        pred = OnnxPredictor(paths[precision], score_thresh=cfg.TEST.SCORE_THRESH,
+                             threads=args.threads,
+                             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+                             attribute_score_thresh=cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH)
+        out[precision] = lambda pred=pred: pred(batch)
+    return out
 
 
 def count_detections(fn: Callable[[], Any]) -> float:
@@ -141,28 +189,31 @@ def main(args: argparse.Namespace) -> List[Dict[str, Any]]:
             f"cpu {platform.processor() or platform.machine()}, {args.threads} threads")
         for bs in args.batch_sizes:
             args.current_bs = bs
-            for precision in args.precisions:
-                amp = "" if precision == "fp32" else precision
-                batch = make_batch(bs, args.size, args.orig_size or args.size)
-                runs = build_runs(args, device, batch, amp)
-                counts = {n: count_detections(r["fn"]) for n, r in runs.items()}
-                timing = time_callables({n: r["fn"] for n, r in runs.items()},
-                                        images_per_call={n: bs for n in runs},
-                                        devices={n: torch.device(device) for n in runs},
-                                        warmup=args.warmup, repeats=args.repeats)
-                base = timing.get("baseline", {}).get("s_per_img")
-                for name, t in timing.items():
-                    floor = timing.get(f"{name}:floor", {}).get("s_per_img")
-                    rows.append({
-                        "model": name, "device": card, "batch_size": bs, "precision": precision,
-                        "ms_per_img": 1e3 * t["s_per_img"], "img_per_s": t["img_per_s"],
-                        "speedup_vs_baseline": base / t["s_per_img"] if base else None,
-                        "floor_ms_per_img": 1e3 * floor if floor else None,
-                        "pipeline_over_floor": t["img_per_s"] * floor if floor else None,
-                        "detections_per_img": counts[name], "repeats": t["repeats"],
-                        "input_size": args.size, "opts": model_opts(args, name, device),
-                    })
-                del runs
+            batch = make_batch(bs, args.size, args.orig_size or args.size)
+            runs = build_runs(args, device, batch)
+            counts = {k: count_detections(r["fn"]) for k, r in runs.items()}
+            timing = time_callables({k: r["fn"] for k, r in runs.items()},
+                                    images_per_call={k: bs for k in runs},
+                                    devices={k: torch.device(device) for k in runs},
+                                    warmup=args.warmup, repeats=args.repeats)
+            base = timing.get(run_key("baseline", args.baseline_precisions[0]), {})
+            base = base.get("s_per_img")
+            for key, t in timing.items():
+                run = runs[key]
+                floor = timing.get(run_key(f"{run['name']}:floor", run["precision"]), {})
+                floor = floor.get("s_per_img")
+                rows.append({
+                    "model": run["name"], "device": card, "batch_size": bs,
+                    "precision": run["precision"],
+                    "ms_per_img": 1e3 * t["s_per_img"], "img_per_s": t["img_per_s"],
+                    "speedup_vs_baseline": base / t["s_per_img"] if base else None,
+                    "baseline_precision": args.baseline_precisions[0],
+                    "floor_ms_per_img": 1e3 * floor if floor else None,
+                    "pipeline_over_floor": t["img_per_s"] * floor if floor else None,
+                    "detections_per_img": counts[key], "repeats": t["repeats"],
+                    "input_size": args.size, "opts": model_opts(args, run["name"], device),
+                })
+            del runs
     return rows
 
 
@@ -185,7 +236,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["d0", "baseline"], choices=sorted(CONFIGS))
     p.add_argument("--devices", nargs="+", default=["cpu"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
-    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32"],
+                   choices=[*TORCH_PRECISIONS, *ONNX_PRECISIONS],
+                   help="EffDetMask precisions, all timed in one interleaved round: PyTorch "
+                        "fp32/bf16/fp16 (autocast), onnxruntime onnx-fp32/onnx-int8 (CPU)")
+    p.add_argument("--baseline-precisions", nargs="+", default=["fp32"],
+                   choices=list(TORCH_PRECISIONS),
+                   help="the baseline's; speed-ups are against the first")
+    p.add_argument("--calibration-dataset", default="fashion_synth_train",
+                   help="int8 calibration images (a registered dataset)")
+    p.add_argument("--calibration-images", type=int, default=16)
     p.add_argument("--detections", type=int, default=100, help="fixed N per image; 0 = realistic")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--orig-size", type=int, default=0, help="original image side (0 = --size)")
@@ -193,14 +253,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--floor", action="store_true", help="also time backbone+BiFPN alone")
-    p.add_argument("--onnx", action="store_true",
-                   help="also time each EffDetMask model in onnxruntime (CPU, fp32)")
+    p.add_argument("--onnx", action="store_true", help="shorthand for adding onnx-fp32")
     p.add_argument("--attribute-head", default="config", choices=["config", "on", "off", "both"],
                    help="the attribute head as the configs say, on, off, or both (twin rows)")
     p.add_argument("--output", default="", help="JSON file for the rows")
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for EffDetMask")
     p.add_argument("--baseline-opts", nargs="*", default=[], help="KEY VALUE for the baseline")
     args = p.parse_args(argv)
+    if args.onnx and "onnx-fp32" not in args.precisions:
+        args.precisions.append("onnx-fp32")
     if "baseline" not in args.models:
         args.models.append("baseline")  # ratios are only meaningful side by side
     return args

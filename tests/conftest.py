@@ -71,3 +71,13 @@ def _free_tcp_port() -> int:
 def free_port():
     """A function returning a TCP port that is free on 127.0.0.1 (for gloo rendezvous)."""
     return _free_tcp_port
+
+
+@pytest.fixture(autouse=True)
+def fp32_when_amp_is_auto(monkeypatch):
+    """TEST.AMP_DTYPE "auto" (the default) resolves to fp32 in tests, so numeric checks give the
+    same answer on CPUs with and without native bf16; tests/modeling/test_amp_auto.py tests
+    "auto" itself and the bf16 path explicitly."""
+    from effdetmask.modeling import inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)

@@ -282,7 +282,10 @@ def add_effdetmask_config(cfg: CfgNode) -> None:
     _C.TEST.VIS_IMAGES = 4  # after training, draw GT | predictions of this many test images
     _C.TEST.VIS_SCORE_THRESH = 0.3  # those pictures draw predictions scoring at least this
     _C.TEST.RETURN_RLE = False  # eval outputs COCO RLE masks ("masks_rle") instead of dense masks
-    _C.TEST.AMP_DTYPE = ""  # inference autocast: "" (fp32) | "bf16" | "fp16" (fp16: GPU only)
+    # inference autocast: "auto" = bf16 on a CPU with native bf16 (AVX-512 BF16 / AMX), fp32
+    # anywhere else (GPUs included) | "" (fp32) | "bf16" | "fp16" (GPU only). bf16 costs no AP on
+    # the main job's model and is 1.1-1.7x faster on such CPUs (README "CPU precisions")
+    _C.TEST.AMP_DTYPE = "auto"
     # inference-only builds (predictor, demo, benchmarks, ONNX export) fold BatchNorm into convs
     _C.TEST.FOLD_BN = True
 

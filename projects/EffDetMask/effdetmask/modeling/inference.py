@@ -9,27 +9,57 @@ the detection post-process and the mask head see data-dependent RoI counts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["AMP_DTYPES", "inference_context", "CudaGraphRunner", "apply_inference_options"]
+__all__ = ["AMP_DTYPES", "AMP_CHOICES", "cpu_has_native_bf16", "resolve_amp_dtype",
+           "inference_context", "CudaGraphRunner", "apply_inference_options"]
 
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# TEST.AMP_DTYPE's values: "" = fp32; "auto" = bf16 on a CPU with native bf16, else fp32
+AMP_CHOICES = ("", "auto", *AMP_DTYPES)
+# CPU feature flags (Linux /proc/cpuinfo) of native bf16 arithmetic: AVX-512 BF16 and AMX
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), from ``cpuinfo``'s flags.
+
+    Without such units oneDNN emulates bf16 and autocast is slower than fp32, so "auto" keeps
+    fp32 there; where the file does not exist (macOS, Windows) the answer is ``False``."""
+    try:
+        with open(cpuinfo, "r", encoding="utf-8", errors="replace") as f:
+            flags = {w for line in f if line.startswith("flags") for w in line.split()}
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_amp_dtype(amp_dtype: str, device: torch.device) -> str:
+    """TEST.AMP_DTYPE for ``device``: "auto" becomes "bf16" on a CPU with native bf16 and ""
+    (fp32) anywhere else; the other values are returned as given, after validation."""
+    if amp_dtype not in AMP_CHOICES:
+        raise ValueError(f"TEST.AMP_DTYPE must be one of {AMP_CHOICES}, got {amp_dtype!r}")
+    if amp_dtype == "auto":
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else ""
+    return amp_dtype
 
 
 def inference_context(device: torch.device, amp_dtype: str = ""
                       ) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``amp_dtype`` ("" = full precision, "bf16", "fp16") on ``device``."""
+    """``torch.autocast`` to ``amp_dtype`` ("" = full precision, "auto", "bf16", "fp16") on
+    ``device`` (:func:`resolve_amp_dtype`)."""
+    amp_dtype = resolve_amp_dtype(amp_dtype, torch.device(device))
     if not amp_dtype:
         return contextlib.nullcontext()
-    if amp_dtype not in AMP_DTYPES:
-        raise ValueError(f"TEST.AMP_DTYPE must be '', 'bf16' or 'fp16', got {amp_dtype!r}")
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype])
+    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp_dtype])
 
 
 class CudaGraphRunner:
