@@ -97,9 +97,9 @@ def build_runs(args, device: str, batch: List[dict]) -> Dict[str, Dict[str, Any]
 
     One model per name serves all its PyTorch precisions (autocast per call); the onnxruntime
     precisions export it (int8: calibrated on ``--calibration-images`` of
-    ``--calibration-dataset``; a random-init model is first given realistic activations by
-    :func:`effdetmask.export.quantize.condition_random_model`, so quantization sees trained-like
-    ranges). The baseline is timed in ``--baseline-precisions`` only."""
+    ``--calibration-dataset``; with ``--condition-random`` a random-init model is first given
+    trained-like activations by :func:`effdetmask.export.quantize.condition_random_model`). The
+    baseline is timed in ``--baseline-precisions`` only."""
     runs: Dict[str, Dict[str, Any]] = {}
     dev = torch.device(device)
     gpu_batch = [{**x, "image": x["image"].to(dev)} for x in batch]
@@ -152,7 +152,7 @@ def onnx_runs(args, name: str, cfg, precisions: List[str]) -> Dict[str, Callable
     calib = calibration_images(calib_cfg, args.calibration_dataset, args.calibration_images)
     torch.manual_seed(0)
     model = build_model(cfg, device="cpu")  # unfolded: conditioning resets BatchNorm statistics
-    if not cfg.MODEL.WEIGHTS:
+    if args.condition_random and not cfg.MODEL.WEIGHTS:
         condition_random_model(model, calib)
     fp32 = export_onnx(model.eval(), os.path.join(folder, f"{name}.onnx"), cfg.INPUT.SIZE)
     paths = {"onnx-fp32": fp32}
@@ -246,6 +246,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calibration-dataset", default="fashion_synth_train",
                    help="int8 calibration images (a registered dataset)")
     p.add_argument("--calibration-images", type=int, default=16)
+    p.add_argument("--condition-random", action="store_true",
+                   help="give a random-init model trained-like activations before the ONNX "
+                        "export (effdetmask.export.quantize.condition_random_model)")
     p.add_argument("--detections", type=int, default=100, help="fixed N per image; 0 = realistic")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--orig-size", type=int, default=0, help="original image side (0 = --size)")
