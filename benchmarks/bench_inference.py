@@ -38,6 +38,7 @@ from effdetmask.config import RANDOM_INIT_OPTS, setup_cfg
 from effdetmask.modeling import build_model
 from effdetmask.modeling.inference import inference_context
 from effdetmask.modeling.meta_arch import normalize_images
+from effdetmask.utils.table import format_table
 from effdetmask.utils.timing import time_callables
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -218,17 +219,9 @@ def main(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
 
 def print_table(rows: List[Dict[str, Any]]) -> None:
-    cols = ["model", "device", "batch_size", "precision", "ms_per_img", "img_per_s",
-            "speedup_vs_baseline", "pipeline_over_floor", "detections_per_img"]
-
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    widths = [max(len(c), *(len(fmt(r[c])) for r in rows)) for c in cols]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    print(format_table(rows, ["model", "device", "batch_size", "precision", "ms_per_img",
+                              "img_per_s", "speedup_vs_baseline", "pipeline_over_floor",
+                              "detections_per_img"]))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

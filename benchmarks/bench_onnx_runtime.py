@@ -46,6 +46,7 @@ from effdetmask.export.quantize import (
 )
 from effdetmask.modeling import build_model
 from effdetmask.modeling.fold_bn import fold_batch_norm
+from effdetmask.utils.table import format_table
 from effdetmask.utils.timing import time_callables
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -142,11 +143,7 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
         return f"{v:.1f}" if isinstance(v, float) else str(v)
 
     rows = sorted(rows, key=lambda r: (r["model"], r["graph"], r["threads"], r["ms_per_img"]))
-    widths = [max(len(c), *(len(fmt(r[c])) for r in rows)) for c in cols]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    print(format_table(rows, cols, fmt))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -35,6 +35,7 @@ from effdetmask.data.build import build_test_loader
 from effdetmask.evaluation.coco_evaluator import COCOEvaluator
 from effdetmask.modeling import build_model
 from effdetmask.modeling.inference import inference_context
+from effdetmask.utils.table import format_table
 
 logger = logging.getLogger("precision_parity")
 Predict = Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]
@@ -163,10 +164,7 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in cols]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for r in rows:
-        print(" | ".join(fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths)))
+    print(format_table(rows, cols, fmt))
 
 
 if __name__ == "__main__":

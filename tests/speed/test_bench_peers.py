@@ -40,6 +40,9 @@ def test_exits_2_with_install_hint_without_ultralytics():
 def test_effdetmask_side_returns_exactly_n_detections():
     bench = load_bench()
     rgb = bench.load_image()[:200, :300]  # not square: masks follow the image, not the input
+    # random weights: seeded, so the forced count does not depend on which tests ran before
+    # (a degenerate box of an unlucky init is dropped by the selection)
+    torch.manual_seed(0)
     predictor = bench.build_effdetmask("d0_fast", size=128, detections=7)
     out = predictor([rgb])
     assert bench.effdetmask_count(out) == (7, [200, 300])
