@@ -141,13 +141,17 @@ def main() -> List[Dict[str, object]]:
         for name in args.models:
             rows.append(_run_one(name, seed, args))
             print(json.dumps(rows[-1]), flush=True)
+            if args.output:  # after every run: a run cut short keeps what it measured
+                _write_json(args.output, rows)
     summaries = summarize(rows)
     _print_table(summaries)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump({"argv": sys.argv[1:], "runs": rows, "summary": summaries}, f, indent=2)
     return summaries
+
+
+def _write_json(path: str, rows: List[Dict[str, object]]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"argv": sys.argv[1:], "runs": rows, "summary": summarize(rows)}, f, indent=2)
 
 
 if __name__ == "__main__":
