@@ -50,6 +50,7 @@ import torch
 from effdetmask.config import RANDOM_INIT_OPTS, setup_cfg
 from effdetmask.data.image_io import read_image_rgb
 from effdetmask.predictor import BatchPredictor
+from effdetmask.utils.table import format_table
 from effdetmask.utils.timing import time_callables
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -301,12 +302,7 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
             return f"{v:.4g}"
         return "x".join(map(str, v)) if isinstance(v, list) else str(v)
 
-    cells = [[fmt(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in cells:
-        print(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print(format_table(rows, cols, fmt))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -75,19 +75,12 @@ def _last_step(out_dir: str) -> int:
 def _print_table(rows: List[Dict[str, object]]) -> None:
     cols = ["model", "train_steps", "train_images", "box_AP", "mask_AP", "params_M",
             "s_per_img", "img_per_s", "device"]
-    cells = [[c for c in cols]] + [[_fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    for k, row in enumerate(cells):
-        print(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
-        if k == 0:
-            print("-+-".join("-" * w for w in widths))
+    from effdetmask.utils.table import format_table
+
+    print(format_table(rows, cols))
     if len(rows) == 2 and rows[0]["s_per_img"] and rows[1]["s_per_img"]:
         print(f"inference speed-up of {rows[0]['model']} over {rows[1]['model']}: "
               f"{rows[1]['s_per_img'] / rows[0]['s_per_img']:.2f}x")
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def main() -> List[Dict[str, object]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from effdetmask.config import RANDOM_INIT_OPTS
+from effdetmask.utils.table import format_table
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick_schedules"
@@ -105,12 +106,9 @@ def summarize(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
 
 def _print_table(summaries: List[Dict[str, object]]) -> None:
     cols = ["model", "seeds", "box_AP", "box_AP50", "mask_AP", "mask_AP50", "train_and_eval_s"]
-    cells = [cols] + [[_cell(s, c) for c in cols] for s in summaries]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    for k, row in enumerate(cells):
-        print(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
-        if k == 0:
-            print("-+-".join("-" * w for w in widths))
+    # a cell shows mean ± std, so it is formatted with its row before the table lays it out
+    cells = [{c: _cell(s, c) for c in cols} for s in summaries]
+    print(format_table(cells, cols, str))
 
 
 def _cell(summary: Dict[str, object], col: str) -> str:
